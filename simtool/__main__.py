@@ -1,0 +1,3 @@
+from simtool.cli import main
+
+main()

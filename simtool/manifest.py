@@ -1,0 +1,106 @@
+"""The index manifest: a JSON file that makes an index directory self-describing.
+
+It records how to encode a query exactly as the documents were (model, fingerprint,
+pooling, reducers), what the FAISS index is (factory, metric, dim, search parameters),
+and a sha256 of every file so corruption is caught at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simtool.atomic import atomic_write_json
+from simtool.errors import IndexDirError
+
+FORMAT = "simtool-index"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ModelInfo:
+    name_or_path: str
+    fingerprint: str
+    pooling: str
+    max_seq_length: int | None
+    dim: int
+
+
+@dataclass
+class Manifest:
+    model: ModelInfo
+    dim: int
+    metric: str  # "ip" or "l2"
+    factory: str
+    count: int
+    search_params: dict[str, int] = field(default_factory=dict)
+    reducers: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"sha256", "bytes"}
+    created_at: str = ""
+    updated_at: str = ""
+    simtool_version: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["model"] = ModelInfo(**data["model"])
+        return cls(**data)
+
+    def save(self, directory: Path) -> None:
+        atomic_write_json(directory / MANIFEST_NAME, self.to_dict())
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST_NAME
+        if not directory.is_dir():
+            raise IndexDirError(f"{directory}: no index here; build one with `simtool index build CORPUS`")
+        if not path.exists():
+            raise IndexDirError(f"{directory}: not a simtool index (no {MANIFEST_NAME})")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IndexDirError(f"{path}: corrupt manifest ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise IndexDirError(f"{path}: not a simtool index manifest")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise IndexDirError(
+                f"{path}: index format version {data.get('format_version')} is not supported "
+                f"(this simtool reads version {FORMAT_VERSION}); rebuild the index"
+            )
+        try:
+            return cls.from_dict(data)
+        except (TypeError, KeyError) as e:
+            raise IndexDirError(f"{path}: malformed manifest ({e})") from None
+
+    def record_file(self, directory: Path, name: str) -> None:
+        self.files[name] = {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
+
+    def verify_file(self, directory: Path, name: str) -> Path:
+        """The file's path, after checking that its size and sha256 match the manifest."""
+        path = directory / name
+        expected = self.files.get(name)
+        if expected is None:
+            raise IndexDirError(f"{directory / MANIFEST_NAME}: no checksum recorded for {name}")
+        if not path.exists():
+            raise IndexDirError(f"{path}: missing from the index directory")
+        if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+            raise IndexDirError(f"{path}: checksum mismatch, the file is corrupted; rebuild the index")
+        return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

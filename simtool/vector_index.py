@@ -1,0 +1,213 @@
+"""Vector indexes: FAISS on CPU or GPU, and an exact torch search for machines with CUDA but no faiss-gpu.
+
+Indexes are described by FAISS ``index_factory`` strings. ``auto`` picks one by corpus
+size and memory (:func:`choose_factory`). FAISS is imported lazily so that the torch
+path works where faiss is not installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from simtool.errors import SimtoolError
+
+METRICS = ("ip", "l2")
+FLAT_MAX_N = 100_000
+GPU_MAX_K = 2048  # faiss-gpu's k-selection limit; larger k is served on the CPU copy
+ADD_CHUNK = 65_536
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise SimtoolError("faiss is not installed; `pip install faiss-cpu` (or faiss-gpu-cu12)") from None
+    return faiss
+
+
+def faiss_metric(metric: str) -> int:
+    faiss = _faiss()
+    if metric not in METRICS:
+        raise SimtoolError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+
+
+def default_memory_budget() -> int:
+    """Half of physical memory, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def choose_factory(n: int, dim: int, memory_budget: int | None = None) -> str:
+    """The ``--factory auto`` rule.
+
+    - ``n < 100k``: ``Flat``, exact; brute force is a few ms per query at that size.
+    - otherwise ``IVF{nlist},Flat`` with ``nlist`` = 4·√n rounded to a power of two
+      (1M → 4096), trained on a sample, when the raw vectors (n·d·4 bytes) fit in the budget;
+    - else ``IVF{nlist},PQ{m}`` with ``m`` the largest divisor of d ≤ d/4 (16× smaller codes).
+
+    IVF rather than HNSW: it trains and adds in minutes on few cores and carries no graph
+    overhead; ``HNSW32,Flat`` is one ``--factory`` away when query latency matters more.
+    """
+    if n < FLAT_MAX_N:
+        return "Flat"
+    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    if n * dim * 4 * 1.1 <= budget:
+        return f"IVF{nlist},Flat"
+    m = max(d for d in range(1, dim // 4 + 1) if dim % d == 0)
+    return f"IVF{nlist},PQ{m}"
+
+
+def default_search_params(factory: str) -> dict[str, int]:
+    """nprobe = nlist/64 (≥ 8) for IVF; efSearch = 64 for HNSW (faiss's 16 loses recall)."""
+    params: dict[str, int] = {}
+    if m := re.search(r"IVF(\d+)", factory):
+        params["nprobe"] = max(8, int(m.group(1)) // 64)
+    if "HNSW" in factory:
+        params["efSearch"] = 64
+    return params
+
+
+def new_faiss_index(factory: str, dim: int, metric: str) -> Any:
+    faiss = _faiss()
+    try:
+        return faiss.index_factory(dim, factory, faiss_metric(metric))
+    except RuntimeError as e:
+        reason = str(e).strip().rsplit(": ", 1)[-1] or "invalid"
+        raise SimtoolError(f"unknown or invalid --factory {factory!r} for dim {dim}: {reason}") from None
+
+
+def training_sample_size(index: Any) -> int:
+    """Points needed to train: 64 per IVF list, and 256·39 for PQ codebooks."""
+    faiss = _faiss()
+    need = 0
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        need = 64 * ivf.nlist
+    if "PQ" in type(index).__name__ or (ivf is not None and "PQ" in type(ivf).__name__):
+        need = max(need, 256 * 39)
+    return max(need, 1)
+
+
+def fill_index(
+    index: Any,
+    vectors: np.ndarray,
+    *,
+    gpu: bool = False,
+    seed: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> Any:
+    """Train ``index`` if needed on a seeded sample of ``vectors`` ``(n, d) float32`` and add them all.
+
+    With ``gpu`` and faiss GPUs present the work runs on GPU; the returned index is on the CPU.
+    """
+    faiss = _faiss()
+    work = to_gpu(index) if gpu else None
+    target = work if work is not None else index
+    n = len(vectors)
+    if not target.is_trained:
+        size = training_sample_size(index)
+        if n < size and "IVF" in type(faiss.try_extract_index_ivf(index) or index).__name__:
+            nlist = faiss.extract_index_ivf(index).nlist
+            if n < nlist:
+                raise SimtoolError(f"{n} vectors cannot train an index with {nlist} IVF lists; use fewer lists")
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
+        target.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    for start in range(0, n, ADD_CHUNK):
+        chunk = np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32)
+        target.add(chunk)
+        if on_progress:
+            on_progress(len(chunk))
+    return faiss.index_gpu_to_cpu(work) if work is not None else index
+
+
+def to_gpu(index: Any) -> Any | None:
+    """A GPU copy of ``index`` when faiss sees GPUs and supports this index type, else None."""
+    faiss = _faiss()
+    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
+        return None
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except (RuntimeError, AttributeError):
+        return None  # e.g. HNSW has no GPU implementation
+
+
+def apply_search_params(index: Any, params: dict[str, int]) -> None:
+    if params:
+        faiss = _faiss()
+        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in params.items()))
+
+
+class Searcher(Protocol):
+    """Top-k search over an index; returns ``(scores, rows)``, each ``(nq, k)``; missing hits have row -1."""
+
+    backend: str
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class FaissSearcher:
+    """Searches a CPU FAISS index, through its GPU copy when one exists and k allows."""
+
+    def __init__(self, index: Any, params: dict[str, int], *, gpu: bool = True) -> None:
+        apply_search_params(index, params)
+        self._cpu = index
+        self._gpu = to_gpu(index) if gpu else None
+        if self._gpu is not None:
+            apply_search_params(self._gpu, params)
+        self.backend = "faiss-gpu" if self._gpu is not None else "faiss-cpu"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        index = self._gpu if self._gpu is not None and k <= GPU_MAX_K else self._cpu
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+class TorchExactSearcher:
+    """Exact search as a matmul + top-k in torch; scores match FAISS (inner product, or squared L2).
+
+    Used on CUDA when faiss has no GPU support; runs on any torch device.
+    ``vectors`` is ``(n, d) float32``; the corpus is scanned in blocks so memory stays bounded.
+    """
+
+    def __init__(self, vectors: np.ndarray, metric: str, device: str, block_rows: int = 1 << 18) -> None:
+        if metric not in METRICS:
+            raise SimtoolError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.metric = metric
+        self.device = torch.device(device)
+        self._x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+        self._sq_norms = (self._x * self._x).sum(dim=1) if metric == "l2" else None
+        self._block = block_rows
+        self.backend = f"torch-{self.device.type}"
+
+    @torch.inference_mode()
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+        n = self._x.shape[0]
+        best_s = torch.full((q.shape[0], 0), 0.0, device=self.device)
+        best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=self.device)
+        for start in range(0, n, self._block):
+            block = self._x[start : start + self._block]
+            s = q @ block.T
+            if self._sq_norms is not None:
+                # negated squared distance, so that larger is better for every metric
+                s = 2 * s - self._sq_norms[start : start + self._block] - (q * q).sum(dim=1, keepdim=True)
+            s, i = torch.topk(s, min(k, s.shape[1]), dim=1)
+            best_s, order = torch.topk(torch.cat([best_s, s], dim=1), min(k, best_s.shape[1] + s.shape[1]), dim=1)
+            best_i = torch.gather(torch.cat([best_i, i + start], dim=1), 1, order)
+        scores = best_s.cpu().numpy()
+        rows = best_i.cpu().numpy()
+        if self.metric == "l2":
+            scores = -scores
+        if rows.shape[1] < k:  # fewer vectors than k: pad like FAISS
+            pad = k - rows.shape[1]
+            fill = np.inf if self.metric == "l2" else -np.inf
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=fill)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        return scores.astype(np.float32), rows.astype(np.int64)
