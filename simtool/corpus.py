@@ -48,10 +48,8 @@ def detect_format(path: Path) -> str:
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
-    if not path.exists():
+    if not path.is_file():
         raise CorpusError(f"{path}: no such file")
-    if path.is_dir():
-        raise CorpusError(f"{path}: is a directory, expected a corpus file")
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the wrapper
     return gzip.GzipFile(fileobj=raw) if path.suffix.lower() == ".gz" else raw
 
@@ -87,6 +85,10 @@ def read_documents(
     ``text_field`` (default ``text``). Duplicate ids are an error.
     """
     path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file")
+    if path.is_dir():
+        raise CorpusError(f"{path}: is a directory, expected a corpus file")
     fmt = detect_format(path)
     reader = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_table, "tsv": _read_table}[fmt]
     seen: set[str] = set()
@@ -131,13 +133,14 @@ def _read_table(
     path: Path, *, fmt: str, text_field: str | None, id_field: str | None, title_field: str | None
 ) -> Iterator[tuple[int, Document]]:
     lines = iter_lines(path)
-    # csv needs an iterable of strings; keep the physical line number for messages.
+    # csv needs an iterable of strings; keep the physical line number for messages, and the
+    # newline so that quoted fields spanning lines keep it.
     current = [0]
 
     def rows() -> Iterator[str]:
         for lineno, line in lines:
             current[0] = lineno
-            yield line
+            yield line + "\n"
 
     reader = csv.reader(rows(), delimiter="\t" if fmt == "tsv" else ",")
     try:

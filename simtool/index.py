@@ -235,8 +235,7 @@ def add_to_index(
         vectors = np.lib.format.open_memmap(
             staging / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(old_n + added, manifest.dim)
         )
-        for start in range(0, old_n, 1 << 16):
-            vectors[start : start + (1 << 16)] = old_vectors[start : start + (1 << 16)]
+        vectors[:old_n] = old_vectors  # numpy copies memmap to memmap in bounded blocks
         with DocStore(staging / DOCS_FILE, readonly=False) as store, progress_bar(added, "encode", progress) as bar:
             encode_stream(encoder, new_docs, vectors, old_n, batch_size=batch_size, bar=bar, on_chunk=store.add)
             store.commit()

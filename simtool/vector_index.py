@@ -181,7 +181,7 @@ class TorchExactSearcher:
             raise SimtoolError(f"metric must be one of {METRICS}, got {metric!r}")
         self.metric = metric
         self.device = torch.device(device)
-        self._x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+        self._x = torch.as_tensor(np.array(vectors, dtype=np.float32), device=self.device)
         self._sq_norms = (self._x * self._x).sum(dim=1) if metric == "l2" else None
         self._block = block_rows
         self.backend = f"torch-{self.device.type}"

@@ -1,0 +1,262 @@
+"""In-batch contrastive losses for sentence encoders: SimCSE (unsupervised and supervised) with an AM-Softmax margin.
+
+All losses are sentence-transformers loss modules (``forward(sentence_features, labels)``), so they work with
+:class:`sentence_transformers.SentenceTransformerTrainer` as well as with :func:`simtool.training.train`.
+
+The logits of anchor ``i`` against candidate ``j`` are (techniques.md §2.2, §6.1)::
+
+    logits_ij = s · (cos(a_i, c_j) − m · [j = pos(i)])
+
+with scale ``s`` (20 = 1/τ for τ = 0.05) and additive margin ``m`` on the positive only (AM-Softmax). The loss
+is the mean over anchors of the softmax cross-entropy with target ``pos(i)``. Candidates are every positive in
+the batch; in the supervised recipe also every hard negative, the row's own one weighted by ``α`` (its logit
+gets ``+ log α``, SimCSE's ``hard_negative_weight``; α = 0 drops it). Options:
+
+- ``symmetric``: also the reverse direction (positive ``i`` against all anchors), averaged with the forward one;
+- ``same_view_negatives``: the other anchors join the denominator too (bojone's Chinese SimCSE: with
+  ``symmetric`` this is his 2N-row formulation, each row against the other 2N − 1);
+- ``distill_weight`` λ: adds ``λ · mean((cos(a_i, a_j) − cos(t_i, t_j))²)``, the RoFormer-Sim cosine-matrix
+  distillation (techniques.md §3.6, λ = 100), with teacher embeddings ``t`` passed as ``labels`` ``(B, d_t)``.
+
+With ``mini_batch_size`` set the loss uses exact gradient caching (:mod:`simtool.grad_cache`): the gradients
+are those of the full-batch loss, while activation memory follows the mini-batch. Under ``torch.distributed``
+the embeddings are all-gathered (with gradient to the local slice), so every rank scores against all
+negatives of the global batch and the averaged gradients are those of the single-process global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from torch import Tensor, nn
+
+from simtool.grad_cache import ExactCachedLossMixin, all_gather_with_grad, rank_and_world
+
+
+def _positive_mask(rows: int, columns: int, offset: int, device: torch.device) -> Tensor:
+    """``(rows, columns)`` bool, True at ``(i, offset + i)``: each local row's own column in the global batch."""
+    mask = torch.zeros(rows, columns, dtype=torch.bool, device=device)
+    mask[torch.arange(rows, device=device), torch.arange(offset, offset + rows, device=device)] = True
+    return mask
+
+
+def _direction_loss(
+    queries: Tensor,
+    positives: Tensor,
+    extra: list[tuple[Tensor, str]],
+    *,
+    offset: int,
+    scale: float,
+    margin: float,
+    hard_negative_weight: float,
+) -> Tensor:
+    """Mean CE of local ``queries`` ``(n, d)`` against global ``positives`` ``(N, d)`` plus extra candidate sets.
+
+    ``extra`` holds ``(candidates (N, d), kind)``; kind ``"hard"`` weights the row's own candidate by
+    ``hard_negative_weight``, kind ``"self"`` removes it (the query itself). Inputs are L2-normalised.
+    """
+    n = queries.shape[0]
+    own = _positive_mask(n, positives.shape[0], offset, queries.device)
+    logits = [scale * (queries @ positives.T) - (scale * margin) * own]
+    for candidates, kind in extra:
+        block = scale * (queries @ candidates.T)
+        if kind == "self" or hard_negative_weight == 0.0:
+            block = block.masked_fill(own, -math.inf)
+        elif hard_negative_weight != 1.0:
+            block = block + math.log(hard_negative_weight) * own
+        logits.append(block)
+    target = torch.arange(offset, offset + n, device=queries.device)
+    return F.cross_entropy(torch.cat(logits, dim=1), target)
+
+
+def in_batch_contrastive_loss(
+    anchors: Tensor,
+    positives: Tensor,
+    negatives: Tensor | None = None,
+    *,
+    scale: float = 20.0,
+    margin: float = 0.0,
+    hard_negative_weight: float = 1.0,
+    symmetric: bool = False,
+    same_view_negatives: bool = False,
+    teacher: Tensor | None = None,
+    distill_weight: float = 0.0,
+    gather: bool = False,
+) -> Tensor:
+    """The loss of this module from the local embeddings ``(n, d)`` of each column; returns a scalar.
+
+    ``teacher`` ``(n, d_t)`` are teacher embeddings of the anchors (distillation when ``distill_weight > 0``).
+    With ``gather`` (torch.distributed initialised, equal ``n`` on every rank) candidates come from all ranks
+    and row ``i`` of this rank is row ``rank · n + i`` of the global batch.
+    """
+    anchors, positives = F.normalize(anchors.float(), dim=-1), F.normalize(positives.float(), dim=-1)
+    if negatives is not None:
+        negatives = F.normalize(negatives.float(), dim=-1)
+    rank, _ = rank_and_world() if gather else (0, 1)
+    offset = rank * anchors.shape[0]
+
+    def everywhere(x: Tensor) -> Tensor:
+        return all_gather_with_grad(x) if gather else x
+
+    all_anchors, all_positives = everywhere(anchors), everywhere(positives)
+    hyper = {"offset": offset, "scale": scale, "margin": margin, "hard_negative_weight": hard_negative_weight}
+    extra: list[tuple[Tensor, str]] = []
+    if negatives is not None:
+        extra.append((everywhere(negatives), "hard"))
+    if same_view_negatives:
+        extra.append((all_anchors, "self"))
+    loss = _direction_loss(anchors, all_positives, extra, **hyper)
+    if symmetric:
+        reverse_extra = [(all_positives, "self")] if same_view_negatives else []
+        loss = (loss + _direction_loss(positives, all_anchors, reverse_extra, **hyper)) / 2
+    if distill_weight > 0.0:
+        if teacher is None:
+            raise ValueError("distillation needs teacher embeddings of the anchors (pass them as labels)")
+        loss = loss + distill_weight * cosine_matrix_distillation(anchors, all_anchors, teacher, gather=gather)
+    return loss
+
+
+def cosine_matrix_distillation(student: Tensor, all_student: Tensor, teacher: Tensor, *, gather: bool) -> Tensor:
+    """``mean_ij (cos(s_i, s_j) − cos(t_i, t_j))²`` over local rows i and global rows j (RoFormer-Sim, §3.6).
+
+    ``student`` ``(n, d)`` and ``all_student`` ``(N, d)`` are L2-normalised; ``teacher`` is ``(n, d_t)``, raw.
+    """
+    teacher = F.normalize(teacher.detach().to(student.device, torch.float32), dim=-1)
+    all_teacher = all_gather_with_grad(teacher) if gather else teacher
+    return ((student @ all_student.T - teacher @ all_teacher.T) ** 2).mean()
+
+
+class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
+    """In-batch softmax contrastive loss with scale and AM-Softmax margin (see the module docstring).
+
+    Input columns: ``(anchor, positive)`` or ``(anchor, positive, hard_negative)``; with
+    ``duplicate_single_column`` one column is embedded twice (unsupervised SimCSE). ``labels``: teacher
+    embeddings ``(B, d_t)`` when ``distill_weight > 0``, else ignored. ``mini_batch_size``: None computes
+    the batch in one pass; an int caches gradients (exact, memory of one mini-batch). ``autocast_dtype``
+    (``torch.bfloat16``/``torch.float16``) runs the encoder under autocast in every pass; the loss itself
+    is computed in float32. ``gather_across_devices`` defaults to "torch.distributed is initialised".
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        *,
+        scale: float = 20.0,
+        margin: float = 0.0,
+        hard_negative_weight: float = 1.0,
+        symmetric: bool = False,
+        same_view_negatives: bool = False,
+        distill_weight: float = 0.0,
+        mini_batch_size: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        gather_across_devices: bool | None = None,
+        duplicate_single_column: bool = False,
+    ) -> None:
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        if hard_negative_weight < 0:
+            raise ValueError(f"hard_negative_weight must be >= 0, got {hard_negative_weight}")
+        if distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
+        if mini_batch_size is not None and mini_batch_size <= 0:
+            raise ValueError(f"mini_batch_size must be positive, got {mini_batch_size}")
+        self.model = model
+        self.scale = float(scale)
+        self.margin = float(margin)
+        self.hard_negative_weight = float(hard_negative_weight)
+        self.symmetric = symmetric
+        self.same_view_negatives = same_view_negatives
+        self.distill_weight = float(distill_weight)
+        self.mini_batch_size = mini_batch_size  # type: ignore[assignment]
+        self.autocast_dtype = autocast_dtype
+        self.gather_across_devices = gather_across_devices
+        self.duplicate_single_column = duplicate_single_column
+
+    @property
+    def gather(self) -> bool:
+        if self.gather_across_devices is not None:
+            return self.gather_across_devices
+        return rank_and_world()[1] > 1
+
+    def embeddings_loss(self, columns: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        """The loss from full-batch (local) embeddings, one ``(n, d)`` tensor per input column."""
+        if len(columns) not in (2, 3):
+            raise ValueError(f"{type(self).__name__} expects 2 or 3 input columns, got {len(columns)}")
+        return in_batch_contrastive_loss(
+            columns[0],
+            columns[1],
+            columns[2] if len(columns) == 3 else None,
+            scale=self.scale,
+            margin=self.margin,
+            hard_negative_weight=self.hard_negative_weight,
+            symmetric=self.symmetric,
+            same_view_negatives=self.same_view_negatives,
+            teacher=labels if self.distill_weight > 0 else None,
+            distill_weight=self.distill_weight,
+            gather=self.gather,
+        )
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        """CachedLossMixin hook: the loss from per-mini-batch embeddings; backward to them when asked."""
+        loss = self.embeddings_loss([torch.cat(column) for column in reps], labels)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        features = list(sentence_features)
+        if self.duplicate_single_column and len(features) == 1:
+            # The same inputs embedded twice: the two passes draw different dropout masks (SimCSE).
+            features = [features[0], features[0]]
+        if self.mini_batch_size is not None:
+            return self.forward_cached(features, labels)
+        columns = [self.embed(f) for f in features]
+        return self.embeddings_loss(columns, labels)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "margin": self.margin,
+            "hard_negative_weight": self.hard_negative_weight,
+            "symmetric": self.symmetric,
+            "same_view_negatives": self.same_view_negatives,
+            "distill_weight": self.distill_weight,
+            "mini_batch_size": self.mini_batch_size,
+        }
+
+    @property
+    def citation(self) -> str:
+        return """
+@inproceedings{gao2021simcse,
+    title={{SimCSE}: Simple Contrastive Learning of Sentence Embeddings},
+    author={Gao, Tianyu and Yao, Xingcheng and Chen, Danqi},
+    booktitle={EMNLP},
+    year={2021}
+}
+"""
+
+
+class UnsupSimCSELoss(InBatchContrastiveLoss):
+    """Unsupervised SimCSE: one column of sentences, each embedded twice; dropout is the only augmentation.
+
+    Row i's positive is its own second view; every other sentence's second view is a negative.
+    """
+
+    def __init__(self, model: SentenceTransformer, **kwargs: Any) -> None:
+        super().__init__(model, duplicate_single_column=True, **kwargs)
+
+
+class SupSimCSELoss(InBatchContrastiveLoss):
+    """Supervised SimCSE: ``(anchor, entailment, contradiction)`` triplets; contradictions are hard negatives.
+
+    ``hard_negative_weight`` is the paper's α (Table 7: 1 is best).
+    """

@@ -1,0 +1,105 @@
+"""Encoder loading (offline), pooling modes against a manual float64 reference, fingerprints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from simtool.encoder import POOLINGS, encode_texts, load_encoder, model_fingerprint
+from simtool.errors import ModelNotFoundError, SimtoolError
+
+TEXTS = ["the cat sat on the road", "a big red bus", "python code raises an exception at night"]
+
+
+def _reference(model_dir: Path, texts: list[str], pooling: str) -> np.ndarray:
+    """Pool the raw transformers outputs by hand, in float64."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    bert = AutoModel.from_pretrained(model_dir).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = [h.double() for h in bert(**batch, output_hidden_states=True).hidden_states]
+    mask = batch["attention_mask"].unsqueeze(-1).double()
+    masked_mean = lambda t: (t * mask).sum(1) / mask.sum(1)  # noqa: E731
+    if pooling == "cls":
+        return hidden[-1][:, 0].numpy()
+    if pooling in ("mean", "last-avg"):
+        return masked_mean(hidden[-1]).numpy()
+    if pooling == "max":
+        return hidden[-1].masked_fill(mask == 0, -1e9).max(1).values.numpy()
+    assert pooling == "first-last-avg"
+    return masked_mean((hidden[1] + hidden[-1]) / 2).numpy()  # hidden[0] is the embedding layer
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_pooling_matches_manual_reference(tiny_bert: Path, pooling: str) -> None:
+    model = load_encoder(tiny_bert, pooling=pooling, device="cpu")
+    got = encode_texts(model, TEXTS)
+    assert got.dtype == np.float32 and got.shape == (3, 32)
+    np.testing.assert_allclose(got, _reference(tiny_bert, TEXTS, pooling), rtol=1e-4, atol=1e-5)
+
+
+def test_poolings_differ(tiny_bert: Path) -> None:
+    out = {p: encode_texts(load_encoder(tiny_bert, pooling=p, device="cpu"), TEXTS) for p in ("cls", "mean")}
+    assert not np.allclose(out["cls"], out["mean"])
+
+
+def test_first_last_avg_saves_and_reloads(tiny_bert: Path, tmp_path: Path) -> None:
+    model = load_encoder(tiny_bert, pooling="first-last-avg", device="cpu")
+    model.save(str(tmp_path / "m"))
+    again = load_encoder(tmp_path / "m", device="cpu")
+    assert again.simtool_pooling == "first-last-avg"
+    np.testing.assert_array_equal(encode_texts(again, TEXTS), encode_texts(model, TEXTS))
+    assert model_fingerprint(again) == model_fingerprint(model)
+
+
+def test_sentence_transformers_dir_and_pooling_override(tiny_st: Path) -> None:
+    model = load_encoder(tiny_st, device="cpu")
+    plain = SentenceTransformer(str(tiny_st), device="cpu")
+    np.testing.assert_allclose(encode_texts(model, TEXTS), plain.encode(TEXTS), atol=1e-6)
+    assert np.allclose(np.linalg.norm(encode_texts(model, TEXTS), axis=1), 1.0, atol=1e-5)
+    cls = load_encoder(tiny_st, pooling="cls", device="cpu")
+    assert cls.simtool_pooling == "cls"
+    assert model_fingerprint(cls) != model_fingerprint(model)
+
+
+def test_fingerprint_is_stable_and_sees_weights(tiny_bert: Path) -> None:
+    a = load_encoder(tiny_bert, pooling="mean", device="cpu")
+    b = load_encoder(tiny_bert, pooling="mean", device="cpu")
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        next(b.parameters())[0, 0] += 1e-3
+    assert model_fingerprint(a) != model_fingerprint(b)
+
+
+def test_max_seq_length(tiny_bert: Path) -> None:
+    model = load_encoder(tiny_bert, pooling="mean", device="cpu", max_seq_length=4)
+    assert model.max_seq_length == 4
+    # Truncation to 4 tokens ([CLS] + 2 words + [SEP]) makes texts sharing a 2-word prefix identical.
+    a, b = encode_texts(model, ["the cat sat on the road", "the cat flew to the moon"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_missing_models_say_what_and_how(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"'someone/not-cached'.*Hugging Face cache.*hf download"):
+        load_encoder("someone/not-cached")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_encoder(str(tmp_path / "nope" / "model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="not a model directory"):
+        load_encoder(tmp_path / "empty")
+    with pytest.raises(SimtoolError, match="unknown pooling 'avg'"):
+        load_encoder(pooling="avg")
+
+
+@pytest.mark.slow
+def test_default_model_is_minilm_offline() -> None:
+    model = load_encoder(device="cpu")
+    assert model.get_embedding_dimension() == 384
+    emb = encode_texts(model, ["A man is playing a guitar.", "Someone plays the guitar.", "A cat sleeps."])
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3  # paraphrase much closer than an unrelated sentence
