@@ -65,7 +65,7 @@ def test_retriever_agrees_with_numpy_brute_force(built: Path) -> None:
     with Retriever.load(built) as r:
         q = r.encode(["the red cat", "python exception"])
         scores, rows = r.search_vectors(q, 5)
-        t_scores, t_rows = Retriever.load(built, backend="torch", device="cpu").search_vectors(q, 5)
+        _, t_rows = Retriever.load(built, backend="torch", device="cpu").search_vectors(q, 5)
     ref = q.astype(np.float64) @ vectors.T
     np.testing.assert_array_equal(rows, np.argsort(-ref, axis=1)[:, :5])
     np.testing.assert_allclose(scores, np.sort(ref, axis=1)[:, ::-1][:, :5], atol=1e-5)
@@ -145,10 +145,9 @@ def test_index_built_by_another_model_is_refused(built: Path, tmp_path: Path, ti
     with torch.no_grad():
         next(other.parameters()).mul_(1.5)
     other.save(str(tmp_path / "other"))
-    with pytest.raises(IndexDirError, match="built by model .* fingerprint"):
-        add_to_index(tmp_path / "x.jsonl", built, model=str(tmp_path / "other"), progress=False) if write_jsonl(
-            tmp_path / "x.jsonl", [{"_id": "z", "text": "zebra"}]
-        ) else None
+    extra = write_jsonl(tmp_path / "x.jsonl", [{"_id": "z", "text": "zebra"}])
+    with pytest.raises(IndexDirError, match=r"built by model .* fingerprint"):
+        add_to_index(extra, built, model=str(tmp_path / "other"), progress=False)
     # the model directory the index points to was replaced by a different one
     m = Manifest.load(built)
     m.model.name_or_path = str(tmp_path / "other")

@@ -55,7 +55,7 @@ def test_ivf_trains_on_a_sample_and_honours_nprobe() -> None:
     vi.FaissSearcher(index, {"nprobe": 16})
     assert faiss.extract_index_ivf(index).nprobe == 16
     # all lists probed = exact search
-    s, i = vi.FaissSearcher(index, {"nprobe": 16}).search(q, 5)
+    _, i = vi.FaissSearcher(index, {"nprobe": 16}).search(q, 5)
     np.testing.assert_array_equal(i, _brute_force(x, q, 5, "ip")[1])
 
 
