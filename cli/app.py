@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from simtool.errors import SimtoolError
@@ -318,12 +317,12 @@ def main(argv: list[str] | None = None) -> None:
     except SimtoolError as e:
         print(f"simtool: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("simtool: aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:
+    except typer.TyperException as e:  # usage errors: unknown command, bad option value
         print(f"simtool: error: {e.format_message()}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        sys.exit(getattr(e, "exit_code", 2))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # `simtool search ... | head`
         sys.exit(0)

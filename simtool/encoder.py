@@ -20,7 +20,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from tqdm.auto import tqdm
 
-from simtool.atomic import atomic_open, fsync_dir
+from simtool.atomic import atomic_open, atomic_path
 from simtool.config import DEFAULT_MODEL
 from simtool.corpus import Document
 from simtool.errors import ModelNotFoundError, SimtoolError
@@ -242,8 +242,8 @@ def encode_file(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     ids: list[str] = []
-    with atomic_open(output) as f:
-        vectors = np.lib.format.open_memmap(f.name, mode="w+", dtype=np.float32, shape=(n, embedding_dim(model)))
+    with atomic_path(output) as tmp:
+        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, embedding_dim(model)))
         with progress_bar(n, "encode", progress) as bar:
             encode_stream(
                 model,
@@ -258,5 +258,4 @@ def encode_file(
     ids_path = ids_path_for(output)
     with atomic_open(ids_path, "w") as f:
         json.dump(ids, f, ensure_ascii=False)
-    fsync_dir(output.parent)
     return ids_path
