@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from simtool.cli.train_cmd import train as train_command
 from simtool.errors import SimtoolError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Build, extend and inspect an index directory.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.command("train")(train_command)
 
 IndexDir = Annotated[
     Path | None,

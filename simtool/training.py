@@ -1,0 +1,873 @@
+"""Training loop for ``simtool train``: SimCSE recipes, streamed data, exact large batches, checkpoints, resume.
+
+Data (streamed; a first pass validates the whole file and counts rows, nothing is held in memory beyond
+the shuffle buffer):
+
+- ``simcse-unsup``: ``.txt`` with one sentence per line (blank lines skipped), or CSV/TSV/JSONL with a
+  ``text`` column; each sentence is encoded twice, dropout is the augmentation.
+- ``simcse-sup``: CSV/TSV/JSONL with ``sent0,sent1[,hard_neg]`` (anchor, positive, hard negative).
+
+Every file may be gzipped. Rows are shuffled through a seeded buffer and grouped into batches of exactly
+``batch_size`` rows in which no sentence occurs twice (a repeated sentence would be its own false
+negative): a row that would repeat one waits for a later batch.
+
+Batches: ``batch_size`` B is the global batch (the negative set). Under ``torchrun`` each of the W processes
+takes B/W rows and the embeddings are all-gathered, so the gradients equal a single process's batch-B
+gradients. ``mini_batch_size`` b < B turns on exact gradient caching (:mod:`simtool.grad_cache`).
+
+Output directory layout::
+
+    OUTPUT/                     the final model in sentence-transformers format (the best one with eval)
+    OUTPUT/checkpoints/step-N/  a model + trainer_state.pt (optimizer, scheduler, RNG, data position)
+    OUTPUT/checkpoints/best/    with evaluation: the best model so far and best.json
+    OUTPUT/train_log.jsonl      one line per optimizer step: step, epoch, loss, lr, seconds
+    OUTPUT/training_summary.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+from simtool.atomic import atomic_write_json, fsync_dir, fsync_tree, replace_dir, staging_dir_for
+from simtool.corpus import detect_format, iter_lines
+from simtool.errors import CorpusError, SimtoolError
+
+RECIPES = ("simcse-unsup", "simcse-sup")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ACCUMULATION = ("exact", "naive")
+STATE_FILE = "trainer_state.pt"
+SUP_COLUMNS = ("sent0", "sent1", "hard_neg")
+
+# Options that may differ between a run and its --resume without changing the computation's meaning.
+RESUME_MAY_CHANGE = frozenset(
+    {"output", "resume", "save_steps", "save_total_limit", "device", "mini_batch_size", "eval_steps"}
+)
+
+
+class TrainingInterrupted(SimtoolError):
+    """Training stopped on request (Ctrl-C); a checkpoint of the last completed step was written."""
+
+
+class NonFiniteLossError(SimtoolError):
+    """The loss became NaN or infinite; nothing was written for that step."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (the CLI options of ``simtool train``)."""
+
+    recipe: str
+    data: str
+    output: str
+    model: str | None = None
+    pooling: str | None = None
+    batch_size: int = 64
+    mini_batch_size: int | None = None
+    scale: float = 20.0
+    margin: float = 0.0
+    hard_negative_weight: float = 1.0
+    symmetric: bool = False
+    same_view_negatives: bool = False
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    max_seq_length: int = 32
+    dropout: float | None = 0.1
+    precision: str = "auto"
+    seed: int = 42
+    save_steps: int = 500
+    save_total_limit: int = 2
+    eval_steps: int = 125
+    shuffle_buffer: int = 100_000
+    accumulation: str = "exact"
+    teacher: str | None = None
+    distill_weight: float = 0.0
+    device: str | None = None
+    resume: bool = False
+
+    def validate(self) -> None:
+        """Reject impossible settings with a one-line :class:`SimtoolError` naming the option."""
+        if self.recipe not in RECIPES:
+            raise SimtoolError(f"unknown --recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        if self.precision not in PRECISIONS:
+            raise SimtoolError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.accumulation not in ACCUMULATION:
+            raise SimtoolError(f"unknown --accumulation {self.accumulation!r}; choose exact or naive")
+        positive = {
+            "--epochs": self.epochs,
+            "--lr": self.lr,
+            "--scale": self.scale,
+            "--max-seq-length": self.max_seq_length,
+            "--save-steps": self.save_steps,
+            "--save-total-limit": self.save_total_limit,
+            "--eval-steps": self.eval_steps,
+        }
+        if self.max_steps is not None:
+            positive["--max-steps"] = self.max_steps
+        for name, value in positive.items():
+            if not value > 0:
+                raise SimtoolError(f"{name} must be positive, got {value}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise SimtoolError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise SimtoolError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name, value in (
+            ("--weight-decay", self.weight_decay),
+            ("--max-grad-norm", self.max_grad_norm),
+            ("--hard-negative-weight", self.hard_negative_weight),
+            ("--distill-weight", self.distill_weight),
+            ("--shuffle-buffer", self.shuffle_buffer),
+        ):
+            if value < 0:
+                raise SimtoolError(f"{name} must be >= 0, got {value}")
+        if not -1.0 < self.margin < 2.0:
+            raise SimtoolError(f"--margin must be in (-1, 2) (a cosine offset), got {self.margin}")
+        if self.distill_weight > 0 and not self.teacher:
+            raise SimtoolError("--distill-weight needs --teacher MODEL")
+        if self.pooling is not None and self.pooling not in ("cls", "mean", "max", "last-avg", "first-last-avg"):
+            raise SimtoolError(f"unknown --pooling {self.pooling!r}; choose cls or mean (or max, first-last-avg)")
+        if self.accumulation == "naive" and self.mini_batch_size is None:
+            raise SimtoolError("--accumulation naive needs --mini-batch-size (the size of each naive chunk)")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (also written to ``OUTPUT/training_summary.json``)."""
+
+    output: str
+    steps: int
+    epochs_completed: int
+    final_loss: float
+    seconds: float
+    sentences_per_second: float
+    world_size: int
+    best_score: float | None = None
+    best_step: int | None = None
+    baseline_score: float | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_columns(path: Path, recipe: str) -> tuple[str, ...]:
+    """The columns a training file provides for ``recipe``: ``("text",)`` or ``sent0, sent1[, hard_neg]``.
+
+    Raises :class:`CorpusError` naming the file when it cannot serve the recipe.
+    """
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file")
+    if path.is_dir():
+        raise CorpusError(f"{path}: is a directory, expected a training file")
+    fmt = detect_format(path)
+    if fmt == "txt":
+        if recipe == "simcse-sup":
+            raise CorpusError(
+                f"{path}: simcse-sup needs CSV/TSV/JSONL with columns sent0,sent1[,hard_neg], not a .txt of sentences"
+            )
+        return ("text",)
+    names = _first_record_keys(path, fmt)
+    if names is None:
+        raise CorpusError(f"{path}: no training rows (the file is empty)")
+    if recipe == "simcse-unsup":
+        if "text" in names:
+            return ("text",)
+        hint = "; these look like supervised triplets: use --recipe simcse-sup" if "sent1" in names else ""
+        raise CorpusError(
+            f"{path}: simcse-unsup reads one sentence per line (.txt) or a 'text' column; found {list(names)}{hint}"
+        )
+    missing = [c for c in SUP_COLUMNS[:2] if c not in names]
+    if missing:
+        raise CorpusError(
+            f"{path}: simcse-sup needs columns sent0,sent1[,hard_neg]; missing {', '.join(missing)} in {list(names)}"
+        )
+    return SUP_COLUMNS if "hard_neg" in names else SUP_COLUMNS[:2]
+
+
+def _first_record_keys(path: Path, fmt: str) -> list[str] | None:
+    """The header (CSV/TSV) or the first object's keys (JSONL); None for an empty file."""
+    if fmt == "jsonl":
+        for _, obj in _jsonl_records(path):
+            return list(obj)
+        return None
+    for _, header in _table_records(path, fmt, header_only=True):
+        return header
+    return None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def _table_records(path: Path, fmt: str, *, header_only: bool = False) -> Iterator[tuple[int, Any]]:
+    """CSV (standard quoting) or TSV (no quoting): first the header ``(1, list)``, then ``(line, dict)`` rows."""
+    current = [0]
+
+    def physical_lines() -> Iterator[str]:
+        for lineno, line in iter_lines(path):
+            current[0] = lineno
+            yield line + "\n"
+
+    if fmt == "tsv":
+        reader = csv.reader(physical_lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(physical_lines())
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        yield 1, header
+        if header_only:
+            return
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise CorpusError(f"{path}:{current[0]}: expected {len(header)} fields, got {len(row)}")
+            yield current[0], dict(zip(header, row, strict=True))
+    except csv.Error as e:
+        raise CorpusError(f"{path}:{current[0]}: malformed row ({e})") from None
+
+
+def read_training_rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """Stream the rows of a training file as tuples of ``len(columns)`` non-empty, stripped strings."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "txt":
+        for _, line in iter_lines(path):
+            if line.strip():
+                yield (line.strip(),)
+        return
+    records = _jsonl_records(path) if fmt == "jsonl" else _table_records(path, fmt)
+    for lineno, record in records:
+        if fmt != "jsonl" and lineno == 1 and isinstance(record, list):
+            continue  # the header
+        row = []
+        for name in columns:
+            value = record.get(name)
+            if value is None:
+                raise CorpusError(f"{path}:{lineno}: missing {name!r}")
+            if not isinstance(value, str):
+                raise CorpusError(f"{path}:{lineno}: {name!r} must be a string, got {type(value).__name__}")
+            if not value.strip():
+                raise CorpusError(f"{path}:{lineno}: empty {name!r}")
+            row.append(value.strip())
+        yield tuple(row)
+
+
+def scan_training_file(path: str | Path, recipe: str) -> tuple[tuple[str, ...], int]:
+    """Validate the whole file for ``recipe`` before any training; return ``(columns, row_count > 0)``."""
+    path = Path(path)
+    columns = training_columns(path, recipe)
+    n = sum(1 for _ in read_training_rows(path, columns))
+    if n == 0:
+        raise CorpusError(f"{path}: no training rows")
+    return columns, n
+
+
+def shuffled(rows: Iterator[tuple[str, ...]], buffer_size: int, rng: random.Random) -> Iterator[tuple[str, ...]]:
+    """Buffer shuffle: memory ``buffer_size`` rows; a full uniform shuffle when the file fits in the buffer."""
+    if buffer_size <= 1:
+        yield from rows
+        return
+    buffer: list[tuple[str, ...]] = []
+    for row in rows:
+        if len(buffer) < buffer_size:
+            buffer.append(row)
+            continue
+        j = rng.randrange(buffer_size)
+        yield buffer[j]
+        buffer[j] = row
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def batches_without_duplicates(rows: Iterator[tuple[str, ...]], batch_size: int) -> Iterator[list[tuple[str, ...]]]:
+    """Group rows into batches of exactly ``batch_size`` where no sentence (stripped) occurs in two rows.
+
+    A row that repeats a sentence of the batch being filled waits (in order) for a later batch; rows
+    still waiting at the end, and a last incomplete batch, are dropped.
+    """
+    waiting: deque[tuple[str, ...]] = deque()
+    rows = iter(rows)
+    exhausted = False
+    while True:
+        batch: list[tuple[str, ...]] = []
+        seen: set[str] = set()
+        still_waiting: deque[tuple[str, ...]] = deque()
+
+        def fits(row: tuple[str, ...], seen: set[str] = seen) -> bool:
+            return not any(text in seen for text in row)
+
+        while waiting and len(batch) < batch_size:
+            row = waiting.popleft()
+            if fits(row):
+                batch.append(row)
+                seen.update(row)
+            else:
+                still_waiting.append(row)
+        waiting.extendleft(reversed(still_waiting))
+        while len(batch) < batch_size and not exhausted:
+            row = next(rows, None)
+            if row is None:
+                exhausted = True
+            elif fits(row):
+                batch.append(row)
+                seen.update(row)
+            else:
+                waiting.append(row)
+        if len(batch) < batch_size:
+            return
+        yield batch
+
+
+def epoch_batches(
+    path: str | Path, columns: Sequence[str], batch_size: int, *, seed: int, epoch: int, shuffle_buffer: int
+) -> Iterator[list[tuple[str, ...]]]:
+    """The batches of one epoch: deterministic in ``(seed, epoch)``, so a resumed run can skip to its position."""
+    rng = random.Random(f"simtool-train:{seed}:{epoch}")
+    return batches_without_duplicates(shuffled(read_training_rows(path, columns), shuffle_buffer, rng), batch_size)
+
+
+# --------------------------------------------------------------------------- distributed and devices
+
+
+def init_distributed(device: str | None) -> tuple[int, int, torch.device]:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1; return ``(rank, world, device)``.
+
+    NCCL with one GPU per process (``LOCAL_RANK``) when CUDA is available, gloo on CPU.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if device is None:
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    elif world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return rank, world, torch.device(device)
+
+
+def _all_reduce_mean(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's torch RNG state (CPU and, if used, CUDA): the only randomness of a training step."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA that supports it, fp16 on other CUDA, fp32 (no autocast) on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set every ``nn.Dropout`` (hidden and attention dropout in BERT-like encoders) to ``p``; return the count."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoints_dir(output: Path) -> Path:
+    return output / "checkpoints"
+
+
+def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints ``(step, dir)`` in step order (a directory is complete once renamed into place)."""
+    found = []
+    directory = checkpoints_dir(output)
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.startswith("step-") and (p / STATE_FILE).is_file():
+                with contextlib.suppress(ValueError):
+                    found.append((int(p.name[len("step-") :]), p))
+    return sorted(found)
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    found = list_checkpoints(output)
+    return found[-1][1] if found else None
+
+
+def _save_model_dir(model: SentenceTransformer, target: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (plus ``extra`` files: name -> torch object or JSON) into ``target`` atomically."""
+    staging = staging_dir_for(target)
+    try:
+        model.save(str(staging), create_model_card=False)
+        for name, obj in (extra or {}).items():
+            if name.endswith(".json"):
+                (staging / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+            else:
+                torch.save(obj, staging / name)
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _publish_final_model(model_dir: Path, output: Path) -> None:
+    """Copy a saved model's files into ``output`` (beside checkpoints/); ``modules.json`` goes last.
+
+    Each file is renamed into place, so a reader sees either the old or the new version of it, and
+    ``SentenceTransformer(output)`` works once ``modules.json`` is there.
+    """
+    staging = staging_dir_for(output / "final-model")
+    try:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        for name in (STATE_FILE, "trainer_state.json", "best.json"):
+            (staging / name).unlink(missing_ok=True)
+        fsync_tree(staging)
+        entries = sorted(staging.iterdir(), key=lambda p: p.name == "modules.json")
+        for entry in entries:
+            target = output / entry.name
+            if entry.is_dir():
+                if target.exists():
+                    replace_dir(entry, target)
+                else:
+                    os.rename(entry, target)
+            else:
+                os.replace(entry, target)
+        fsync_dir(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- training
+
+
+class _StopFlag:
+    """Set by Ctrl-C (SIGINT) or by the ``on_step`` callback; training stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+
+            def handler(signum: int, frame: Any) -> None:
+                if self.requested:  # a second Ctrl-C stops at once
+                    raise KeyboardInterrupt
+                self.requested = True
+                print("\nsimtool: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _to_device(features: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+
+def _check_output(config: TrainConfig, output: Path) -> Path | None:
+    """The checkpoint to resume from (None: fresh start); refuse to train over an existing run."""
+    if output.exists() and not output.is_dir():
+        raise SimtoolError(f"--output {output} exists and is not a directory")
+    if config.resume:
+        checkpoint = latest_checkpoint(output)
+        if checkpoint is None and output.is_dir() and any(output.iterdir()):
+            raise SimtoolError(f"--resume: {output} has no checkpoint to resume from")
+        return checkpoint
+    if output.is_dir() and any(output.iterdir()):
+        raise SimtoolError(
+            f"--output {output} already exists and is not empty; pass --resume to continue its training "
+            "or choose another directory"
+        )
+    return None
+
+
+def _check_resume_config(config: TrainConfig, saved: dict[str, Any], checkpoint: Path) -> None:
+    current = config.to_json()
+    differing = [k for k, v in saved.items() if k not in RESUME_MAY_CHANGE and current.get(k) != v]
+    if differing:
+        detail = ", ".join(f"--{k.replace('_', '-')} {current.get(k)!r} (checkpoint: {saved[k]!r})" for k in differing)
+        raise SimtoolError(f"--resume from {checkpoint} must use the same settings; differing: {detail}")
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup then linear decay to 0 at ``total`` (the Hugging Face default SimCSE trains with)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_loss(config: TrainConfig, model: torch.nn.Module, local_batch: int, dtype: torch.dtype | None) -> Any:
+    """The recipe's loss module around ``model`` (possibly DDP-wrapped); cached when b < local batch."""
+    from simtool.losses import SupSimCSELoss, UnsupSimCSELoss
+
+    cls = UnsupSimCSELoss if config.recipe == "simcse-unsup" else SupSimCSELoss
+    cached = config.accumulation == "exact" and config.mini_batch_size is not None
+    mini = config.mini_batch_size if cached and config.mini_batch_size < local_batch else None  # type: ignore[operator]
+    return cls(
+        model,
+        scale=config.scale,
+        margin=config.margin,
+        hard_negative_weight=config.hard_negative_weight,
+        symmetric=config.symmetric,
+        same_view_negatives=config.same_view_negatives,
+        distill_weight=config.distill_weight,
+        mini_batch_size=mini,
+        autocast_dtype=dtype,
+    )
+
+
+def train(
+    config: TrainConfig,
+    *,
+    evaluate: Callable[[SentenceTransformer], float] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run (or resume) a training run; returns its :class:`TrainResult`.
+
+    ``evaluate(model) -> score`` (higher is better, e.g. STS-B dev Spearman ×100) runs every
+    ``eval_steps`` and at the end on rank 0; the best model is kept and becomes the final one.
+    ``on_step(step, loss)`` is called after every optimizer step; returning True stops the run at that
+    step boundary as Ctrl-C does (a checkpoint is written, :class:`TrainingInterrupted` is raised).
+    Bad input raises :class:`SimtoolError` before any work; a NaN loss raises :class:`NonFiniteLossError`.
+    """
+    from simtool.encoder import load_encoder
+    from simtool.grad_cache import check_batch_sizes, naive_accumulation_backward, wrap_ddp
+
+    config.validate()
+    output = Path(config.output)
+    data = Path(config.data)
+    started = time.perf_counter()
+    rank, world, device = init_distributed(config.device)
+    local_batch = check_batch_sizes(config.batch_size, config.mini_batch_size, world)
+    columns, n_rows = scan_training_file(data, config.recipe)
+    if n_rows < config.batch_size:
+        raise SimtoolError(f"{data}: {n_rows} training rows, fewer than one batch (--batch-size {config.batch_size})")
+    checkpoint = _check_output(config, output)
+    _barrier(world)  # every process has checked the directory before rank 0 writes into it
+    state: dict[str, Any] | None = None
+    if checkpoint is not None:
+        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+        _check_resume_config(config, state["config"], checkpoint)
+        if state["world_size"] != world:
+            raise SimtoolError(f"--resume: {checkpoint} was written by {state['world_size']} processes, not {world}")
+
+    model = load_encoder(
+        checkpoint or config.model,
+        pooling=None if checkpoint else config.pooling,
+        device=str(device),
+        max_seq_length=config.max_seq_length,
+    )
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
+    model.train()
+    teacher = None
+    if config.teacher:
+        teacher = load_encoder(config.teacher, device=str(device), max_seq_length=config.max_seq_length)
+        teacher.eval()
+    dtype = autocast_dtype(config.precision, device)
+    if dtype is not None and device.type == "cpu" and dtype == torch.float16:
+        raise SimtoolError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    trained: torch.nn.Module = model
+    if world > 1:
+        sample = _to_device(model.preprocess(["a b", "c"]), device)
+        trained = wrap_ddp(model, sample)
+    loss_fn = build_loss(config, trained, local_batch, dtype)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = n_rows // config.batch_size
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    scheduler = _linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    best_score: float | None = None
+    best_step: int | None = None
+    evals: list[dict[str, Any]] = []
+    baseline: float | None = None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        best_score, best_step = state.get("best_score"), state.get("best_step")
+        evals = list(state.get("evals", []))
+        baseline = state.get("baseline_score")
+        set_rng_state(state["rng"][rank], device)
+    else:
+        if rank == 0 and evaluate is not None:
+            baseline = _evaluate(evaluate, model)
+        # Seeded right before the first step, so the RNG stream depends on nothing before it (model
+        # loading may draw numbers) and a resumed run continues the very same stream.
+        torch.manual_seed(config.seed + rank)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(config.seed + rank)
+    resumed_from = step if state is not None else None
+
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        checkpoints_dir(output).mkdir(exist_ok=True)
+    log_path = output / "train_log.jsonl"
+    texts_per_step = config.batch_size * (2 if config.recipe == "simcse-unsup" else len(columns))
+    last_loss = float("nan")
+    sentences = 0
+    loop_started = time.perf_counter()
+
+    def save_checkpoint(at_step: int, position: tuple[int, int], rng: dict[str, Any]) -> None:
+        rngs = _gather_objects(rng, world)
+        if rank == 0:
+            extra = {
+                STATE_FILE: {
+                    "step": at_step,
+                    "epoch": position[0],
+                    "batch_in_epoch": position[1],
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rngs,
+                    "world_size": world,
+                    "config": config.to_json(),
+                    "best_score": best_score,
+                    "best_step": best_step,
+                    "baseline_score": baseline,
+                    "evals": evals,
+                },
+                "trainer_state.json": {"step": at_step, "epoch": position[0], "loss": last_loss},
+            }
+            _save_model_dir(model, checkpoints_dir(output) / f"step-{at_step:08d}", extra)
+            for _, old in list_checkpoints(output)[: -config.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier(world)
+
+    def maybe_evaluate(at_step: int) -> None:
+        nonlocal best_score, best_step
+        if evaluate is None or rank != 0:
+            return
+        score = _evaluate(evaluate, model)
+        evals.append({"step": at_step, "score": score})
+        if best_score is None or score > best_score:
+            best_score, best_step = score, at_step
+            _save_model_dir(model, checkpoints_dir(output) / "best", {"best.json": {"step": at_step, "score": score}})
+        if progress:
+            print(f"step {at_step}: eval {score:.2f} (best {best_score:.2f} at step {best_step})", file=sys.stderr)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not progress or rank != 0,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    epochs_limit = math.inf if config.max_steps else config.epochs
+    with _StopFlag() as stop, bar, open(log_path, "a") if rank == 0 else contextlib.nullcontext() as log:
+        while step < total_steps and epoch < epochs_limit:
+            batches = epoch_batches(
+                data, columns, config.batch_size, seed=config.seed, epoch=epoch, shuffle_buffer=config.shuffle_buffer
+            )
+            batches_seen = 0
+            for index, batch in enumerate(batches):
+                batches_seen += 1
+                if index < batch_in_epoch:
+                    continue  # resuming: this batch was trained before the checkpoint
+                if step >= total_steps:
+                    break
+                t0 = time.perf_counter()
+                rng_at_start = rng_state(device)
+                rows = batch[rank * local_batch : (rank + 1) * local_batch]
+                texts = list(zip(*rows, strict=True))
+                features = [_to_device(model.preprocess(list(column)), device) for column in texts]
+                labels = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        labels = teacher.encode(list(texts[0]), convert_to_tensor=True, batch_size=local_batch)
+                if config.accumulation == "naive":
+                    loss = naive_accumulation_backward(
+                        loss_fn, features, labels, config.mini_batch_size, scale=scaler.get_scale()
+                    )
+                else:
+                    loss = loss_fn(features, labels)
+                mean_loss, stop_votes = _all_reduce_mean([loss.item(), float(stop.requested)], device, world)
+                if stop_votes > 0:
+                    save_checkpoint(step, (epoch, index), rng_at_start)
+                    where = checkpoints_dir(output) / f"step-{step:08d}"
+                    raise TrainingInterrupted(f"stopped at step {step}; checkpoint {where}; continue with --resume")
+                if not math.isfinite(mean_loss):
+                    good = latest_checkpoint(output)
+                    kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
+                    raise NonFiniteLossError(
+                        f"the loss is {mean_loss} at step {step + 1}; training stopped and {kept} "
+                        "(try a lower --lr, or --precision fp32)"
+                    )
+                if config.accumulation != "naive":
+                    scaler.scale(loss).backward()
+                if config.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                batch_in_epoch = index + 1
+                last_loss = mean_loss
+                seconds = time.perf_counter() - t0
+                sentences += texts_per_step
+                if log is not None:
+                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, "s": seconds}))
+                    log.write("\n")
+                rate = sentences / max(time.perf_counter() - loop_started, 1e-9)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", sent_s=f"{rate:.0f}", refresh=False)
+                bar.update(1)
+                if step % config.eval_steps == 0:
+                    maybe_evaluate(step)
+                if step % config.save_steps == 0:
+                    save_checkpoint(step, (epoch, batch_in_epoch), rng_state(device))
+                if on_step is not None and on_step(step, mean_loss):
+                    stop.requested = True
+            else:
+                if batches_seen == 0:
+                    raise SimtoolError(
+                        f"{data}: cannot form one batch of {config.batch_size} rows without a repeated sentence"
+                    )
+                epoch += 1
+                batch_in_epoch = 0
+                continue
+            break
+        if evaluate is not None and (not evals or evals[-1]["step"] != step):
+            maybe_evaluate(step)
+        final_dir = checkpoints_dir(output) / f"step-{step:08d}"
+        if not final_dir.exists():
+            save_checkpoint(step, (epoch, batch_in_epoch), rng_state(device))
+
+    seconds = time.perf_counter() - started
+    result = TrainResult(
+        output=str(output),
+        steps=step,
+        epochs_completed=epoch,
+        final_loss=last_loss,
+        seconds=round(seconds, 3),
+        sentences_per_second=round(sentences / max(time.perf_counter() - loop_started, 1e-9), 1),
+        world_size=world,
+        best_score=best_score,
+        best_step=best_step,
+        baseline_score=baseline,
+        evals=evals,
+        resumed_from=resumed_from,
+    )
+    if rank == 0:
+        best_dir = checkpoints_dir(output) / "best"
+        _publish_final_model(best_dir if evaluate is not None and best_dir.is_dir() else final_dir, output)
+        atomic_write_json(output / "training_summary.json", {**result.to_json(), "config": config.to_json()})
+    _barrier(world)
+    return result
+
+
+def _evaluate(evaluate: Callable[[SentenceTransformer], float], model: SentenceTransformer) -> float:
+    """Score ``model`` in eval mode without disturbing the training RNG stream."""
+    was_training = model.training
+    model.eval()
+    cuda = [p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"][:1]
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            return float(evaluate(model))
+    finally:
+        model.train(was_training)
+
+
+def _gather_objects(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
