@@ -64,7 +64,10 @@ def train(
         Path | None,
         typer.Option("--eval-sts", help="STS dev set scored every --eval-steps; the best checkpoint is kept."),
     ] = None,
-    eval_split: Annotated[str, typer.Option("--eval-split", help="Split of --eval-sts to score.")] = "dev",
+    eval_split: Annotated[
+        str | None,
+        typer.Option("--eval-split", help="Split of --eval-sts [default: dev for a directory, else the file's own]."),
+    ] = None,
     eval_steps: Annotated[int, typer.Option("--eval-steps")] = 125,
     save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps.")] = 500,
     save_total_limit: Annotated[int, typer.Option("--save-total-limit", help="Step checkpoints kept.")] = 2,
@@ -145,17 +148,21 @@ def train(
         f"final loss {result.final_loss:.4f}; model in {result.output}"
     )
     if result.best_score is not None:
-        line += f"; best {eval_split} score {result.best_score:.2f} at step {result.best_step}"
+        line += f"; best eval score {result.best_score:.2f} at step {result.best_step}"
         if result.baseline_score is not None:
             line += f" (before training {result.baseline_score:.2f})"
     typer.echo(line)
 
 
-def sts_evaluator(path: Path, split: str) -> Any:
-    """``model -> cosine Spearman ×100`` on an STS file/directory (checked now, before training starts)."""
+def sts_evaluator(path: Path, split: str | None) -> Any:
+    """``model -> cosine Spearman ×100`` on an STS file or directory (the baseline score, before the first
+    step, reads it, so a bad file stops the run before any training)."""
     if not path.exists():
         raise SimtoolError(f"--eval-sts {path}: no such file or directory")
     from simtool.evals.sts import evaluate_sts
+
+    if split is None and path.is_dir():
+        split = "dev"  # model selection on the test split would be leakage
 
     def evaluate(model: Any) -> float:
         return float(evaluate_sts(model, path, split=split).main_score)

@@ -156,6 +156,17 @@ class TrainConfig:
 
 
 @dataclass
+class StepInfo:
+    """What ``on_step`` sees after each optimizer step."""
+
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+    model: SentenceTransformer
+
+
+@dataclass
 class TrainResult:
     """What a finished run reports (also written to ``OUTPUT/training_summary.json``)."""
 
@@ -249,7 +260,7 @@ def _table_records(path: Path, fmt: str, *, header_only: bool = False) -> Iterat
     if fmt == "tsv":
         reader = csv.reader(physical_lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
-        reader = csv.reader(physical_lines())
+        reader = csv.reader(physical_lines(), strict=True)
     try:
         header = next(reader, None)
         if header is None:
@@ -603,14 +614,14 @@ def train(
     config: TrainConfig,
     *,
     evaluate: Callable[[SentenceTransformer], float] | None = None,
-    on_step: Callable[[int, float], bool | None] | None = None,
+    on_step: Callable[[StepInfo], bool | None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Run (or resume) a training run; returns its :class:`TrainResult`.
 
     ``evaluate(model) -> score`` (higher is better, e.g. STS-B dev Spearman ×100) runs every
     ``eval_steps`` and at the end on rank 0; the best model is kept and becomes the final one.
-    ``on_step(step, loss)`` is called after every optimizer step; returning True stops the run at that
+    ``on_step(StepInfo)`` is called after every optimizer step; returning True stops the run at that
     step boundary as Ctrl-C does (a checkpoint is written, :class:`TrainingInterrupted` is raised).
     Bad input raises :class:`SimtoolError` before any work; a NaN loss raises :class:`NonFiniteLossError`.
     """
@@ -811,7 +822,7 @@ def train(
                     maybe_evaluate(step)
                 if step % config.save_steps == 0:
                     save_checkpoint(step, (epoch, batch_in_epoch), rng_state(device))
-                if on_step is not None and on_step(step, mean_loss):
+                if on_step is not None and on_step(StepInfo(step, epoch, mean_loss, lr, model)):
                     stop.requested = True
             else:
                 if batches_seen == 0:
