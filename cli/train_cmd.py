@@ -24,16 +24,16 @@ def train(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory: final model + checkpoints/.")],
     model: Annotated[
-        str | None, typer.Option("--model", help="Model to start from [default: all-MiniLM-L6-v2].")
+        str | None, typer.Option("--model", help="Model to start from (default: all-MiniLM-L6-v2).")
     ] = None,
-    pooling: Annotated[str | None, typer.Option("--pooling", help="cls or mean [default: the model's].")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls or mean (default: the model's).")] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="B: rows per optimizer step, all processes together (the negatives).")
     ] = 64,
     mini_batch_size: Annotated[
         int | None,
         typer.Option(
-            "--mini-batch-size", help="b: rows per forward pass; b < B caches gradients exactly [default: B]."
+            "--mini-batch-size", help="b: rows per forward pass; b < B caches gradients exactly (default: B)."
         ),
     ] = None,
     scale: Annotated[float, typer.Option("--scale", help="Logit scale s = 1/temperature.")] = 20.0,
@@ -66,7 +66,7 @@ def train(
     ] = None,
     eval_split: Annotated[
         str | None,
-        typer.Option("--eval-split", help="Split of --eval-sts [default: dev for a directory, else the file's own]."),
+        typer.Option("--eval-split", help="Split of --eval-sts (default: dev for a directory, else the file's own)."),
     ] = None,
     eval_steps: Annotated[int, typer.Option("--eval-steps")] = 125,
     save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps.")] = 500,
@@ -87,7 +87,7 @@ def train(
     ] = None,
     distill_weight: Annotated[float, typer.Option("--distill-weight", help="λ of the distillation MSE.")] = 0.0,
     device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 [default: cuda if present].")
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if present).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary (quiet, for scripts).")] = False,

@@ -1,0 +1,237 @@
+"""Benchmark one training step of unsupervised SimCSE: exact gradient caching vs a plain step vs sentence-transformers.
+
+At batch ``--batch-size`` B (default 256 sentences, each encoded twice: 2B rows) the step computes the
+parameter gradients of the in-batch contrastive loss (scale 20, dropout on):
+
+* ``plain``: one forward with gradients over the whole batch, then backward (activations of all 2B rows);
+* ``simtool b=…``: :class:`simtool.losses.UnsupSimCSELoss` with ``mini_batch_size`` b (exact gradient caching:
+  a no-grad pass, the loss, then a replayed pass with gradients, b rows at a time);
+* ``st-cached b=…``: sentence-transformers' ``CachedMultipleNegativesRankingLoss`` with the same b, scale and
+  inputs (anchor = positive = the sentence, so the loss is the same unsupervised SimCSE loss).
+
+Measured per configuration, each in a fresh process: the median step time over ``--repeats`` steps after one
+warm-up step (forward + backward; the optimizer update is the same for all and left out), and the peak memory
+of the step: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before the step, on CPU the
+process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above its resident set before
+the step. Sentences: the Multi30k captions of the shared data when present, else synthetic word strings.
+
+Goals (the issue's): peak memory follows b, not B; the cached step at most 1.4x the plain step; at most 1.05x
+sentence-transformers' cached loss at the same b.
+
+Run (from the repo root)::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_train.py                   # default model, CPU or GPU
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_train.py --model tiny --repeats 3
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_train.py --batch-size 4096 --mini-batches 256 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_WORD_LIST = "a man woman dog cat child red blue green runs sits jumps on the in with ball street water park"
+WORDS = _WORD_LIST.split()
+
+
+def shared_captions() -> Path | None:
+    env = os.environ.get("SIMTOOL_SHARED_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = root / "unlabeled" / "multi30k_en_captions_dedup_decontaminated.txt.gz"
+    return path if path.is_file() else None
+
+
+def sentences(n: int) -> tuple[list[str], str]:
+    path = shared_captions()
+    if path is not None:
+        out = []
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    out.append(line.strip())
+                if len(out) == n:
+                    return out, f"Multi30k captions ({path.name})"
+    rng = random.Random(0)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(6, 20))) for _ in range(n)], "synthetic word strings"
+
+
+def tiny_model_dir() -> str:
+    """A 2-layer, 128-wide random BERT with a small vocabulary (for a quick run)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    directory = Path(tempfile.mkdtemp(prefix="bench-train-tiny-"))
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *chars, *(f"##{c}" for c in chars)]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    BertTokenizer(vocab=vocab).save_pretrained(directory)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512
+    )
+    BertModel(config).save_pretrained(directory)
+    return str(directory)
+
+
+def _rss_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Time and measure one configuration in this process; returns one JSON-able dict."""
+    import torch
+
+    from simtool.encoder import load_encoder
+    from simtool.losses import UnsupSimCSELoss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    model = load_encoder(args.model_path, device=device, max_seq_length=args.max_seq_length)
+    model.train()
+    texts, _ = sentences(args.batch_size * (args.repeats + 1))
+    batches = [
+        {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v
+            for k, v in model.preprocess(texts[i : i + args.batch_size]).items()
+        }
+        for i in range(0, len(texts), args.batch_size)
+    ]
+    b = args.mini_batch_size
+    if args.method == "plain":
+        loss_fn = UnsupSimCSELoss(model, scale=20.0)
+
+        def step(features: dict) -> float:
+            loss = loss_fn([features], None)
+            loss.backward()
+            return loss.item()
+
+    elif args.method == "simtool":
+        loss_fn = UnsupSimCSELoss(model, scale=20.0, mini_batch_size=b)
+
+        def step(features: dict) -> float:
+            loss = loss_fn([features], None)
+            loss.backward()
+            return loss.item()
+
+    else:
+        from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+        st_loss = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=b)
+
+        def step(features: dict) -> float:
+            loss = st_loss([features, features], None)
+            loss.backward()
+            return loss.item()
+
+    cuda = device.startswith("cuda")
+    torch.manual_seed(0)
+    times, losses = [], []
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _rss_kib("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
+    for features in batches:
+        model.zero_grad(set_to_none=False)  # gradient buffers exist from the first step on, in every method
+        t0 = time.perf_counter()
+        losses.append(step(features))
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024) - base
+    return {
+        "method": args.method,
+        "mini_batch_size": b if args.method != "plain" else args.batch_size,
+        "median_s": statistics.median(times[1:]),
+        "times_s": times[1:],
+        "peak_mib": peak / 2**20,
+        "loss_first_step": losses[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model path or name; 'tiny' = a random 2-layer BERT")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--mini-batches", default="8,32,256")
+    parser.add_argument("--max-seq-length", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--skip-st", action="store_true", help="leave out sentence-transformers' cached loss")
+    parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mini-batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.model == "tiny":
+        model_path = tiny_model_dir()
+    else:
+        from simtool.encoder import resolve_model_path
+
+        model_path = str(resolve_model_path(args.model))
+    minis = [int(x) for x in args.mini_batches.split(",")]
+    configs = [("plain", args.batch_size)] + [("simtool", b) for b in minis]
+    if not args.skip_st:
+        configs += [("st-cached", b) for b in minis]
+    _, source = sentences(1)
+    if not args.json:
+        print(
+            f"model {args.model or 'all-MiniLM-L6-v2'}, device {device}, B={args.batch_size} sentences "
+            f"({2 * args.batch_size} rows), max_seq_length {args.max_seq_length}, {args.repeats} timed steps "
+            f"(+1 warm-up), torch threads {args.threads or torch.get_num_threads()}; data: {source}"
+        )
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    for method, b in configs:
+        cmd = [sys.executable, __file__, "--worker", "1", "--model-path", model_path, "--method", method]
+        cmd += ["--mini-batch-size", str(b), "--batch-size", str(args.batch_size), "--device", device]
+        cmd += ["--repeats", str(args.repeats), "--max-seq-length", str(args.max_seq_length)]
+        cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"{method} b={b} failed:\n{done.stderr[-3000:]}")
+        results[(method, b)] = json.loads(done.stdout.strip().splitlines()[-1])
+    plain = results[("plain", args.batch_size)]
+    for (method, b), r in results.items():
+        r["vs_plain"] = r["median_s"] / plain["median_s"]
+        st = results.get(("st-cached", b))
+        r["vs_st_cached"] = r["median_s"] / st["median_s"] if st and method == "simtool" else None
+        r["sentences_per_s"] = args.batch_size / r["median_s"]
+        if args.json:
+            print(json.dumps({"device": device, "batch_size": args.batch_size, **r}))
+    if args.json:
+        return
+    print(f"{'method':<12}{'b':>6}{'median s':>10}{'sent/s':>9}{'peak MiB':>10}{'x plain':>9}{'x st':>7}{'loss':>9}")
+    for (method, b), r in results.items():
+        vs_st = f"{r['vs_st_cached']:.2f}" if r["vs_st_cached"] is not None else "-"
+        print(
+            f"{method:<12}{b:>6}{r['median_s']:>10.3f}{r['sentences_per_s']:>9.1f}{r['peak_mib']:>10.1f}"
+            f"{r['vs_plain']:>9.2f}{vs_st:>7}{r['loss_first_step']:>9.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
