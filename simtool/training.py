@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformer
 
-from simtool.atomic import atomic_write_json, fsync_dir, fsync_tree, replace_dir, staging_dir_for
+from simtool.atomic import atomic_open, atomic_write_json, fsync_dir, fsync_tree, replace_dir, staging_dir_for
 from simtool.corpus import detect_format, iter_lines
 from simtool.errors import CorpusError, SimtoolError
 
@@ -619,247 +619,297 @@ def train(
 ) -> TrainResult:
     """Run (or resume) a training run; returns its :class:`TrainResult`.
 
-    ``evaluate(model) -> score`` (higher is better, e.g. STS-B dev Spearman ×100) runs every
-    ``eval_steps`` and at the end on rank 0; the best model is kept and becomes the final one.
+    ``evaluate(model) -> score`` (higher is better, e.g. STS-B dev Spearman ×100) runs before training,
+    every ``eval_steps`` and at the end, on rank 0; the best model is kept and becomes the final one.
     ``on_step(StepInfo)`` is called after every optimizer step; returning True stops the run at that
     step boundary as Ctrl-C does (a checkpoint is written, :class:`TrainingInterrupted` is raised).
     Bad input raises :class:`SimtoolError` before any work; a NaN loss raises :class:`NonFiniteLossError`.
     """
-    from simtool.encoder import load_encoder
-    from simtool.grad_cache import check_batch_sizes, naive_accumulation_backward, wrap_ddp
+    return _Run(config, evaluate, on_step, progress).run()
 
-    config.validate()
-    output = Path(config.output)
-    data = Path(config.data)
-    started = time.perf_counter()
-    rank, world, device = init_distributed(config.device)
-    local_batch = check_batch_sizes(config.batch_size, config.mini_batch_size, world)
-    columns, n_rows = scan_training_file(data, config.recipe)
-    if n_rows < config.batch_size:
-        raise SimtoolError(f"{data}: {n_rows} training rows, fewer than one batch (--batch-size {config.batch_size})")
-    checkpoint = _check_output(config, output)
-    _barrier(world)  # every process has checked the directory before rank 0 writes into it
-    state: dict[str, Any] | None = None
-    if checkpoint is not None:
-        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
-        _check_resume_config(config, state["config"], checkpoint)
-        if state["world_size"] != world:
-            raise SimtoolError(f"--resume: {checkpoint} was written by {state['world_size']} processes, not {world}")
 
-    model = load_encoder(
-        checkpoint or config.model,
-        pooling=None if checkpoint else config.pooling,
-        device=str(device),
-        max_seq_length=config.max_seq_length,
-    )
-    if config.dropout is not None:
-        set_dropout(model, config.dropout)
-    model.train()
-    teacher = None
-    if config.teacher:
-        teacher = load_encoder(config.teacher, device=str(device), max_seq_length=config.max_seq_length)
-        teacher.eval()
-    dtype = autocast_dtype(config.precision, device)
-    if dtype is not None and device.type == "cpu" and dtype == torch.float16:
-        raise SimtoolError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    trained: torch.nn.Module = model
-    if world > 1:
-        sample = _to_device(model.preprocess(["a b", "c"]), device)
-        trained = wrap_ddp(model, sample)
-    loss_fn = build_loss(config, trained, local_batch, dtype)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
-    steps_per_epoch = n_rows // config.batch_size
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    scheduler = _linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+class _Run:
+    """One training run: set-up (or restore), the step loop, checkpoints, evaluation, the final model."""
 
-    step, epoch, batch_in_epoch = 0, 0, 0
-    best_score: float | None = None
-    best_step: int | None = None
-    evals: list[dict[str, Any]] = []
-    baseline: float | None = None
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        best_score, best_step = state.get("best_score"), state.get("best_step")
-        evals = list(state.get("evals", []))
-        baseline = state.get("baseline_score")
-        set_rng_state(state["rng"][rank], device)
-    else:
-        if rank == 0 and evaluate is not None:
-            baseline = _evaluate(evaluate, model)
-        # Seeded right before the first step, so the RNG stream depends on nothing before it (model
-        # loading may draw numbers) and a resumed run continues the very same stream.
-        torch.manual_seed(config.seed + rank)
-        if device.type == "cuda":
-            torch.cuda.manual_seed(config.seed + rank)
-    resumed_from = step if state is not None else None
+    def __init__(
+        self,
+        config: TrainConfig,
+        evaluate: Callable[[SentenceTransformer], float] | None,
+        on_step: Callable[[StepInfo], bool | None] | None,
+        progress: bool,
+    ) -> None:
+        from simtool.encoder import load_encoder
+        from simtool.grad_cache import check_batch_sizes, wrap_ddp
 
-    if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
-        checkpoints_dir(output).mkdir(exist_ok=True)
-    log_path = output / "train_log.jsonl"
-    texts_per_step = config.batch_size * (2 if config.recipe == "simcse-unsup" else len(columns))
-    last_loss = float("nan")
-    sentences = 0
-    loop_started = time.perf_counter()
-
-    def save_checkpoint(at_step: int, position: tuple[int, int], rng: dict[str, Any]) -> None:
-        rngs = _gather_objects(rng, world)
-        if rank == 0:
-            extra = {
-                STATE_FILE: {
-                    "step": at_step,
-                    "epoch": position[0],
-                    "batch_in_epoch": position[1],
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rngs,
-                    "world_size": world,
-                    "config": config.to_json(),
-                    "best_score": best_score,
-                    "best_step": best_step,
-                    "baseline_score": baseline,
-                    "evals": evals,
-                },
-                "trainer_state.json": {"step": at_step, "epoch": position[0], "loss": last_loss},
-            }
-            _save_model_dir(model, checkpoints_dir(output) / f"step-{at_step:08d}", extra)
-            for _, old in list_checkpoints(output)[: -config.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        _barrier(world)
-
-    def maybe_evaluate(at_step: int) -> None:
-        nonlocal best_score, best_step
-        if evaluate is None or rank != 0:
-            return
-        score = _evaluate(evaluate, model)
-        evals.append({"step": at_step, "score": score})
-        if best_score is None or score > best_score:
-            best_score, best_step = score, at_step
-            _save_model_dir(model, checkpoints_dir(output) / "best", {"best.json": {"step": at_step, "score": score}})
-        if progress:
-            print(f"step {at_step}: eval {score:.2f} (best {best_score:.2f} at step {best_step})", file=sys.stderr)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="train",
-        unit="step",
-        disable=not progress or rank != 0,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    epochs_limit = math.inf if config.max_steps else config.epochs
-    with _StopFlag() as stop, bar, open(log_path, "a") if rank == 0 else contextlib.nullcontext() as log:
-        while step < total_steps and epoch < epochs_limit:
-            batches = epoch_batches(
-                data, columns, config.batch_size, seed=config.seed, epoch=epoch, shuffle_buffer=config.shuffle_buffer
+        config.validate()
+        self.config, self.evaluate, self.on_step, self.progress = config, evaluate, on_step, progress
+        self.started = time.perf_counter()
+        self.output, self.data = Path(config.output), Path(config.data)
+        self.rank, self.world, self.device = init_distributed(config.device)
+        self.local_batch = check_batch_sizes(config.batch_size, config.mini_batch_size, self.world)
+        self.columns, n_rows = scan_training_file(self.data, config.recipe)
+        if n_rows < config.batch_size:
+            raise SimtoolError(
+                f"{self.data}: {n_rows} training rows, fewer than one batch (--batch-size {config.batch_size})"
             )
-            batches_seen = 0
-            for index, batch in enumerate(batches):
-                batches_seen += 1
-                if index < batch_in_epoch:
-                    continue  # resuming: this batch was trained before the checkpoint
-                if step >= total_steps:
-                    break
-                t0 = time.perf_counter()
-                rng_at_start = rng_state(device)
-                rows = batch[rank * local_batch : (rank + 1) * local_batch]
-                texts = list(zip(*rows, strict=True))
-                features = [_to_device(model.preprocess(list(column)), device) for column in texts]
-                labels = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        labels = teacher.encode(list(texts[0]), convert_to_tensor=True, batch_size=local_batch)
-                if config.accumulation == "naive":
-                    loss = naive_accumulation_backward(
-                        loss_fn, features, labels, config.mini_batch_size, scale=scaler.get_scale()
-                    )
-                else:
-                    loss = loss_fn(features, labels)
-                mean_loss, stop_votes = _all_reduce_mean([loss.item(), float(stop.requested)], device, world)
-                if stop_votes > 0:
-                    save_checkpoint(step, (epoch, index), rng_at_start)
-                    where = checkpoints_dir(output) / f"step-{step:08d}"
-                    raise TrainingInterrupted(f"stopped at step {step}; checkpoint {where}; continue with --resume")
-                if not math.isfinite(mean_loss):
-                    good = latest_checkpoint(output)
-                    kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
-                    raise NonFiniteLossError(
-                        f"the loss is {mean_loss} at step {step + 1}; training stopped and {kept} "
-                        "(try a lower --lr, or --precision fp32)"
-                    )
-                if config.accumulation != "naive":
-                    scaler.scale(loss).backward()
-                if config.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                lr = scheduler.get_last_lr()[0]
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                batch_in_epoch = index + 1
-                last_loss = mean_loss
-                seconds = time.perf_counter() - t0
-                sentences += texts_per_step
-                if log is not None:
-                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, "s": seconds}))
-                    log.write("\n")
-                rate = sentences / max(time.perf_counter() - loop_started, 1e-9)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", sent_s=f"{rate:.0f}", refresh=False)
-                bar.update(1)
-                if step % config.eval_steps == 0:
-                    maybe_evaluate(step)
-                if step % config.save_steps == 0:
-                    save_checkpoint(step, (epoch, batch_in_epoch), rng_state(device))
-                if on_step is not None and on_step(StepInfo(step, epoch, mean_loss, lr, model)):
-                    stop.requested = True
-            else:
-                if batches_seen == 0:
-                    raise SimtoolError(
-                        f"{data}: cannot form one batch of {config.batch_size} rows without a repeated sentence"
-                    )
-                epoch += 1
-                batch_in_epoch = 0
-                continue
-            break
-        if evaluate is not None and (not evals or evals[-1]["step"] != step):
-            maybe_evaluate(step)
-        final_dir = checkpoints_dir(output) / f"step-{step:08d}"
-        if not final_dir.exists():
-            save_checkpoint(step, (epoch, batch_in_epoch), rng_state(device))
+        checkpoint = _check_output(config, self.output)
+        _barrier(self.world)  # every process has checked the directory before rank 0 writes into it
+        state: dict[str, Any] | None = None
+        if checkpoint is not None:
+            state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+            _check_resume_config(config, state["config"], checkpoint)
+            if state["world_size"] != self.world:
+                raise SimtoolError(
+                    f"--resume: {checkpoint} was written by {state['world_size']} processes, not {self.world}"
+                )
 
-    seconds = time.perf_counter() - started
-    result = TrainResult(
-        output=str(output),
-        steps=step,
-        epochs_completed=epoch,
-        final_loss=last_loss,
-        seconds=round(seconds, 3),
-        sentences_per_second=round(sentences / max(time.perf_counter() - loop_started, 1e-9), 1),
-        world_size=world,
-        best_score=best_score,
-        best_step=best_step,
-        baseline_score=baseline,
-        evals=evals,
-        resumed_from=resumed_from,
-    )
-    if rank == 0:
-        best_dir = checkpoints_dir(output) / "best"
-        _publish_final_model(best_dir if evaluate is not None and best_dir.is_dir() else final_dir, output)
-        atomic_write_json(output / "training_summary.json", {**result.to_json(), "config": config.to_json()})
-    _barrier(world)
-    return result
+        self.dtype = autocast_dtype(config.precision, self.device)
+        if self.dtype == torch.float16 and self.device.type != "cuda":
+            raise SimtoolError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        self.model = load_encoder(
+            checkpoint or config.model,
+            pooling=None if checkpoint else config.pooling,
+            device=str(self.device),
+            max_seq_length=config.max_seq_length,
+        )
+        if config.dropout is not None:
+            set_dropout(self.model, config.dropout)
+        self.model.train()
+        self.teacher = None
+        if config.teacher:
+            self.teacher = load_encoder(config.teacher, device=str(self.device), max_seq_length=config.max_seq_length)
+            self.teacher.eval()
+        trained: torch.nn.Module = self.model
+        if self.world > 1:
+            trained = wrap_ddp(self.model, _to_device(self.model.preprocess(["a b", "c"]), self.device))
+        self.loss_fn = build_loss(config, trained, self.local_batch, self.dtype)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.total_steps = config.max_steps or config.epochs * (n_rows // config.batch_size)
+        self.scheduler = _linear_schedule(self.optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+        self.baseline: float | None = None
+        self.evals: list[dict[str, Any]] = []
+        self.resumed_from: int | None = None
+        self.last_saved = -1
+        if state is not None:
+            self._restore(state)
+        else:
+            if self.rank == 0 and evaluate is not None:
+                self.baseline = _evaluate(evaluate, self.model)
+            # Seeded right before the first step, so the RNG stream depends on nothing before it (model
+            # loading may draw numbers) and a resumed run continues the very same stream.
+            torch.manual_seed(config.seed + self.rank)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(config.seed + self.rank)
+        if self.rank == 0:
+            checkpoints_dir(self.output).mkdir(parents=True, exist_ok=True)
+        self.texts_per_step = config.batch_size * (2 if config.recipe == "simcse-unsup" else len(self.columns))
+        self.last_loss = float("nan")
+        self.sentences = 0
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
+        self.baseline, self.evals = state["baseline_score"], list(state["evals"])
+        self.last_loss = state["loss"]
+        self.resumed_from = self.last_saved = self.step
+        set_rng_state(state["rng"][self.rank], self.device)
+        log = self.output / "train_log.jsonl"
+        if self.rank == 0 and log.exists():
+            # Steps after the checkpoint are trained again: drop their old lines.
+            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            with atomic_open(log, "w") as f:
+                f.write("".join(line + "\n" for line in kept))
+
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.progress or self.rank != 0,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.loop_started = time.perf_counter()
+        epochs_limit = math.inf if config.max_steps else config.epochs
+        log_file = open(self.output / "train_log.jsonl", "a") if self.rank == 0 else None  # noqa: SIM115
+        with _StopFlag() as stop, bar, log_file or contextlib.nullcontext():
+            while self.step < self.total_steps and self.epoch < epochs_limit:
+                batches = epoch_batches(
+                    self.data,
+                    self.columns,
+                    config.batch_size,
+                    seed=config.seed,
+                    epoch=self.epoch,
+                    shuffle_buffer=config.shuffle_buffer,
+                )
+                seen = 0
+                for index, batch in enumerate(batches):
+                    seen += 1
+                    if index < self.batch_in_epoch:
+                        continue  # resuming: this batch was trained before the checkpoint
+                    if self.step >= self.total_steps:
+                        break
+                    self._train_step(batch, index, stop)
+                    if log_file is not None:
+                        log_file.write(json.dumps(self.log_entry) + "\n")
+                    rate = self.sentences / max(time.perf_counter() - self.loop_started, 1e-9)
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", sent_s=f"{rate:.0f}", refresh=False)
+                    bar.update(1)
+                    if self.step % config.eval_steps == 0:
+                        self._evaluate_and_keep_best()
+                    if self.step % config.save_steps == 0:
+                        self._save_checkpoint(rng_state(self.device))
+                    info = StepInfo(self.step, self.epoch, self.last_loss, self.log_entry["lr"], self.model)
+                    if self.on_step is not None and self.on_step(info):
+                        stop.requested = True
+                else:
+                    if seen == 0:
+                        raise SimtoolError(
+                            f"{self.data}: no batch of {config.batch_size} rows without a repeated sentence"
+                        )
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    continue
+                break
+            if self.evaluate is not None and (not self.evals or self.evals[-1]["step"] != self.step):
+                self._evaluate_and_keep_best()
+            if self.last_saved != self.step:
+                self._save_checkpoint(rng_state(self.device))
+        return self._finish()
+
+    def _train_step(self, batch: list[tuple[str, ...]], index: int, stop: _StopFlag) -> None:
+        """One optimizer step on the global ``batch`` (this process trains its slice)."""
+        from simtool.grad_cache import naive_accumulation_backward
+
+        config = self.config
+        t0 = time.perf_counter()
+        rng_at_start = rng_state(self.device)
+        rows = batch[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
+        texts = [list(column) for column in zip(*rows, strict=True)]
+        features = [_to_device(self.model.preprocess(column), self.device) for column in texts]
+        labels = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                labels = self.teacher.encode(texts[0], convert_to_tensor=True, batch_size=self.local_batch)
+        if config.accumulation == "naive":
+            loss = naive_accumulation_backward(
+                self.loss_fn, features, labels, config.mini_batch_size, scale=self.scaler.get_scale()
+            )
+        else:
+            loss = self.loss_fn(features, labels)  # cached: the full-batch loss; its backward replays
+        # One scalar all-reduce: the global loss (logged) and whether any process was asked to stop.
+        mean_loss, stop_votes = _all_reduce_mean([loss.item(), float(stop.requested)], self.device, self.world)
+        if stop_votes > 0:
+            # The step has not changed the weights or the optimizer; save the state from before it.
+            self.batch_in_epoch = index
+            self._save_checkpoint(rng_at_start)
+            where = checkpoints_dir(self.output) / f"step-{self.step:08d}"
+            raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint {where}; continue with --resume")
+        if not math.isfinite(mean_loss):
+            good = latest_checkpoint(self.output)
+            kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"the loss is {mean_loss} at step {self.step + 1}; training stopped and {kept} "
+                "(try a lower --lr, or --precision fp32)"
+            )
+        if config.accumulation != "naive":
+            self.scaler.scale(loss).backward()
+        if config.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.batch_in_epoch = index + 1
+        self.last_loss = mean_loss
+        self.sentences += self.texts_per_step
+        seconds = round(time.perf_counter() - t0, 4)
+        self.log_entry = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "s": seconds}
+
+    def _save_checkpoint(self, rng: dict[str, Any]) -> None:
+        """``checkpoints/step-N``: model + optimizer, scheduler, every process's RNG, data position."""
+        rngs = _gather_objects(rng, self.world)
+        if self.rank == 0:
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "loss": self.last_loss,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "world_size": self.world,
+                "config": self.config.to_json(),
+                "best_score": self.best_score,
+                "best_step": self.best_step,
+                "baseline_score": self.baseline,
+                "evals": self.evals,
+            }
+            summary = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss}
+            target = checkpoints_dir(self.output) / f"step-{self.step:08d}"
+            _save_model_dir(self.model, target, {STATE_FILE: state, "trainer_state.json": summary})
+            for _, old in list_checkpoints(self.output)[: -self.config.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.last_saved = self.step
+        _barrier(self.world)
+
+    def _evaluate_and_keep_best(self) -> None:
+        if self.evaluate is None or self.rank != 0:
+            return
+        score = _evaluate(self.evaluate, self.model)
+        self.evals.append({"step": self.step, "score": score})
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_step = score, self.step
+            best = {"best.json": {"step": self.step, "score": score}}
+            _save_model_dir(self.model, checkpoints_dir(self.output) / "best", best)
+        if self.progress:
+            print(
+                f"step {self.step}: eval {score:.2f} (best {self.best_score:.2f} at step {self.best_step})",
+                file=sys.stderr,
+            )
+
+    def _finish(self) -> TrainResult:
+        result = TrainResult(
+            output=str(self.output),
+            steps=self.step,
+            epochs_completed=self.epoch,
+            final_loss=self.last_loss,
+            seconds=round(time.perf_counter() - self.started, 3),
+            sentences_per_second=round(self.sentences / max(time.perf_counter() - self.loop_started, 1e-9), 1),
+            world_size=self.world,
+            best_score=self.best_score,
+            best_step=self.best_step,
+            baseline_score=self.baseline,
+            evals=self.evals,
+            resumed_from=self.resumed_from,
+        )
+        if self.rank == 0:
+            best = checkpoints_dir(self.output) / "best"
+            final = checkpoints_dir(self.output) / f"step-{self.step:08d}"
+            _publish_final_model(best if self.evaluate is not None and best.is_dir() else final, self.output)
+            atomic_write_json(
+                self.output / "training_summary.json", {**result.to_json(), "config": self.config.to_json()}
+            )
+        _barrier(self.world)
+        return result
 
 
 def _evaluate(evaluate: Callable[[SentenceTransformer], float], model: SentenceTransformer) -> float:
