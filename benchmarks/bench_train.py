@@ -9,11 +9,14 @@ parameter gradients of the in-batch contrastive loss (scale 20, dropout on):
 * ``st-cached b=…``: sentence-transformers' ``CachedMultipleNegativesRankingLoss`` with the same b, scale and
   inputs (anchor = positive = the sentence, so the loss is the same unsupervised SimCSE loss).
 
-Measured per configuration, each in a fresh process: the median step time over ``--repeats`` steps after one
-warm-up step (forward + backward; the optimizer update is the same for all and left out), and the peak memory
-of the step: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before the step, on CPU the
-process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above its resident set before
-the step. Sentences: the Multi30k captions of the shared data when present, else synthetic word strings.
+Measured: the peak memory of one step per configuration, each in a fresh process after a warm-up step (on
+CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before the step; on CPU the peak resident
+set ``VmHWM``, reset through ``/proc/self/clear_refs``, above the resident set before the step, with glibc
+returning freed buffers to the OS at once); and the
+median step time over ``--repeats`` rounds after a warm-up round, all configurations in one process, taking
+turns within each round so that a change of machine load hits all of them alike. A step is forward +
+backward (the optimizer update is the same for all and left out). Sentences: the Multi30k captions of the
+shared data when present, else synthetic word strings.
 
 Goals (the issue's): peak memory follows b, not B; the cached step at most 1.4x the plain step; at most 1.05x
 sentence-transformers' cached loss at the same b.
@@ -89,56 +92,61 @@ def _rss_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Time and measure one configuration in this process; returns one JSON-able dict."""
+def _step_functions(model: Any, batch_size: int, configs: list[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """One ``features -> loss`` function per configuration; each computes the gradients (backward included)."""
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    from simtool.losses import UnsupSimCSELoss
+
+    def make(method: str, b: int) -> Any:
+        if method == "plain":
+            loss_fn = UnsupSimCSELoss(model, scale=20.0)
+            columns = 1
+        elif method == "simtool":
+            loss_fn = UnsupSimCSELoss(model, scale=20.0, mini_batch_size=b)
+            columns = 1
+        else:
+            loss_fn = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=b)
+            columns = 2  # anchor = positive = the sentence: the same unsupervised SimCSE loss
+
+        def step(features: dict) -> float:
+            loss = loss_fn([features] * columns, None)
+            loss.backward()
+            return loss.item()
+
+        return step
+
+    return {config: make(*config) for config in configs}
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, list[dict]]:
     import torch
 
     from simtool.encoder import load_encoder
-    from simtool.losses import UnsupSimCSELoss
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
-    model = load_encoder(args.model_path, device=device, max_seq_length=args.max_seq_length)
+    model = load_encoder(args.model_path, device=args.device, max_seq_length=args.max_seq_length)
     model.train()
     texts, _ = sentences(args.batch_size * (args.repeats + 1))
-    batches = [
-        {
-            k: v.to(device) if isinstance(v, torch.Tensor) else v
-            for k, v in model.preprocess(texts[i : i + args.batch_size]).items()
-        }
-        for i in range(0, len(texts), args.batch_size)
-    ]
-    b = args.mini_batch_size
-    if args.method == "plain":
-        loss_fn = UnsupSimCSELoss(model, scale=20.0)
+    batches = []
+    for i in range(0, len(texts), args.batch_size):
+        features = model.preprocess(texts[i : i + args.batch_size])
+        batches.append({k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()})
+    return model, batches
 
-        def step(features: dict) -> float:
-            loss = loss_fn([features], None)
-            loss.backward()
-            return loss.item()
 
-    elif args.method == "simtool":
-        loss_fn = UnsupSimCSELoss(model, scale=20.0, mini_batch_size=b)
+def memory_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of one configuration's step (warm-up step, then a measured one), in this fresh process."""
+    import torch
 
-        def step(features: dict) -> float:
-            loss = loss_fn([features], None)
-            loss.backward()
-            return loss.item()
-
-    else:
-        from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
-
-        st_loss = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=b)
-
-        def step(features: dict) -> float:
-            loss = st_loss([features, features], None)
-            loss.backward()
-            return loss.item()
-
-    cuda = device.startswith("cuda")
+    model, batches = _load(args)
+    config = (args.method, args.mini_batch_size)
+    step = _step_functions(model, args.batch_size, [config])[config]
     torch.manual_seed(0)
-    times, losses = [], []
+    step(batches[0])  # warm-up: gradient buffers and allocator caches exist afterwards, as in training
+    model.zero_grad(set_to_none=False)
+    cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -146,22 +154,35 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     else:
         base = _rss_kib("VmRSS") * 1024
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
-    for features in batches:
-        model.zero_grad(set_to_none=False)  # gradient buffers exist from the first step on, in every method
-        t0 = time.perf_counter()
-        losses.append(step(features))
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    loss = step(batches[1])
     peak = (torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024) - base
-    return {
-        "method": args.method,
-        "mini_batch_size": b if args.method != "plain" else args.batch_size,
-        "median_s": statistics.median(times[1:]),
-        "times_s": times[1:],
-        "peak_mib": peak / 2**20,
-        "loss_first_step": losses[0],
-    }
+    return {"peak_mib": peak / 2**20, "loss": loss}
+
+
+def timing_worker(args: argparse.Namespace, configs: list[tuple[str, int]]) -> dict[tuple[str, int], list[float]]:
+    """Step times of every configuration, interleaved round by round so that load changes hit all alike."""
+    import torch
+
+    model, batches = _load(args)
+    steps = _step_functions(model, args.batch_size, configs)
+    cuda = args.device.startswith("cuda")
+    times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
+    for round_, features in enumerate(batches):
+        for config in configs:
+            model.zero_grad(set_to_none=False)
+            t0 = time.perf_counter()
+            steps[config](features)
+            if cuda:
+                torch.cuda.synchronize()
+            if round_ > 0:  # round 0 is the warm-up
+                times[config].append(time.perf_counter() - t0)
+    return times
+
+
+def _resolve(model: str | None) -> Path:
+    from simtool.encoder import resolve_model_path
+
+    return resolve_model_path(model)
 
 
 def main() -> None:
@@ -181,18 +202,13 @@ def main() -> None:
     parser.add_argument("--mini-batch-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(memory_worker(args)))
         return
 
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.model == "tiny":
-        model_path = tiny_model_dir()
-    else:
-        from simtool.encoder import resolve_model_path
-
-        model_path = str(resolve_model_path(args.model))
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.model_path = tiny_model_dir() if args.model == "tiny" else str(_resolve(args.model))
     minis = [int(x) for x in args.mini_batches.split(",")]
     configs = [("plain", args.batch_size)] + [("simtool", b) for b in minis]
     if not args.skip_st:
@@ -200,20 +216,26 @@ def main() -> None:
     _, source = sentences(1)
     if not args.json:
         print(
-            f"model {args.model or 'all-MiniLM-L6-v2'}, device {device}, B={args.batch_size} sentences "
-            f"({2 * args.batch_size} rows), max_seq_length {args.max_seq_length}, {args.repeats} timed steps "
-            f"(+1 warm-up), torch threads {args.threads or torch.get_num_threads()}; data: {source}"
+            f"model {args.model or 'all-MiniLM-L6-v2'}, device {args.device}, B={args.batch_size} sentences "
+            f"({2 * args.batch_size} rows), max_seq_length {args.max_seq_length}, {args.repeats} timed rounds "
+            f"(+1 warm-up), torch threads {args.threads or torch.get_num_threads()}; data: {source}",
+            flush=True,
         )
     results: dict[tuple[str, int], dict[str, Any]] = {}
     for method, b in configs:
-        cmd = [sys.executable, __file__, "--worker", "1", "--model-path", model_path, "--method", method]
-        cmd += ["--mini-batch-size", str(b), "--batch-size", str(args.batch_size), "--device", device]
-        cmd += ["--repeats", str(args.repeats), "--max-seq-length", str(args.max_seq_length)]
-        cmd += ["--threads", str(args.threads)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        cmd = [sys.executable, __file__, "--worker", "1", "--model-path", args.model_path, "--method", method]
+        cmd += ["--mini-batch-size", str(b), "--batch-size", str(args.batch_size), "--device", args.device]
+        cmd += ["--repeats", "1", "--max-seq-length", str(args.max_seq_length), "--threads", str(args.threads)]
+        # A fixed mmap threshold: glibc then returns every freed tensor buffer to the OS at once, so the
+        # resident set tracks live memory and the warm-up step's freed memory does not hide the peak.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             sys.exit(f"{method} b={b} failed:\n{done.stderr[-3000:]}")
-        results[(method, b)] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[(method, b)] = {"method": method, "mini_batch_size": b}
+        results[(method, b)].update(json.loads(done.stdout.strip().splitlines()[-1]))
+    for config, times in timing_worker(args, configs).items():
+        results[config].update({"median_s": statistics.median(times), "times_s": times})
     plain = results[("plain", args.batch_size)]
     for (method, b), r in results.items():
         r["vs_plain"] = r["median_s"] / plain["median_s"]
@@ -221,15 +243,15 @@ def main() -> None:
         r["vs_st_cached"] = r["median_s"] / st["median_s"] if st and method == "simtool" else None
         r["sentences_per_s"] = args.batch_size / r["median_s"]
         if args.json:
-            print(json.dumps({"device": device, "batch_size": args.batch_size, **r}))
+            print(json.dumps({"device": args.device, "batch_size": args.batch_size, **r}))
     if args.json:
         return
-    print(f"{'method':<12}{'b':>6}{'median s':>10}{'sent/s':>9}{'peak MiB':>10}{'x plain':>9}{'x st':>7}{'loss':>9}")
+    print(f"{'method':<12}{'b':>6}{'median s':>10}{'sent/s':>9}{'peak MiB':>10}{'x plain':>9}{'x st':>7}")
     for (method, b), r in results.items():
         vs_st = f"{r['vs_st_cached']:.2f}" if r["vs_st_cached"] is not None else "-"
         print(
             f"{method:<12}{b:>6}{r['median_s']:>10.3f}{r['sentences_per_s']:>9.1f}{r['peak_mib']:>10.1f}"
-            f"{r['vs_plain']:>9.2f}{vs_st:>7}{r['loss_first_step']:>9.4f}"
+            f"{r['vs_plain']:>9.2f}{vs_st:>7}"
         )
 
 
