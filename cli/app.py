@@ -6,7 +6,6 @@ stderr and exit with status 2; nothing is written in that case.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -15,6 +14,18 @@ from typing import Annotated, Any
 
 import typer
 
+from simtool.cli.common import (
+    BatchSize,
+    IdColumn,
+    IndexDir,
+    Json,
+    Model,
+    Pooling,
+    TextColumn,
+    TitleColumn,
+    emit,
+)
+from simtool.cli.reduce_cmd import dims, project, whiten
 from simtool.cli.train_cmd import train as train_command
 from simtool.errors import SimtoolError
 
@@ -28,28 +39,6 @@ app = typer.Typer(
 index_app = typer.Typer(help="Build, extend and inspect an index directory.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.command("train")(train_command)
-
-IndexDir = Annotated[
-    Path | None,
-    typer.Option("--index-dir", help="Index directory [default: $SIMTOOL_HOME/index, SIMTOOL_HOME=~/.simtool]."),
-]
-Model = Annotated[
-    str | None,
-    typer.Option("--model", help="Model: local directory or cached hub name [default: all-MiniLM-L6-v2]."),
-]
-Pooling = Annotated[
-    str | None,
-    typer.Option("--pooling", help="cls, mean, max, last-avg or first-last-avg [default: the model's]."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object (quiet, for scripts).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per encoder forward pass.")]
-TextColumn = Annotated[str | None, typer.Option("--text-column", help="Field holding the text [default: text].")]
-IdColumn = Annotated[str | None, typer.Option("--id-column", help="Field holding the id [default: _id or id].")]
-TitleColumn = Annotated[str | None, typer.Option("--title-column", help="Field holding the title [default: title].")]
-
-
-def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _fields(text: str | None, id_: str | None, title: str | None) -> Any:
@@ -93,7 +82,7 @@ def encode(
         "texts_per_second": round(n / seconds, 1),
     }
     if json_out:
-        _emit(result)
+        emit(result)
     else:
         typer.echo(
             f"wrote {n} x {result['dim']} float32 to {output} (ids: {ids_path}) "
@@ -162,7 +151,7 @@ def index_build(
     info = index_info(index_dir, verify=False)
     info["seconds"] = round(time.perf_counter() - started, 3)
     if json_out:
-        _emit(info)
+        emit(info)
     else:
         _print_manifest(info)
         typer.echo(f"built in {info['seconds']:.1f}s")
@@ -197,7 +186,7 @@ def index_add(
         progress=not json_out,
     )
     if json_out:
-        _emit({"added": added, "skipped": skipped, "count": manifest.count})
+        emit({"added": added, "skipped": skipped, "count": manifest.count})
     else:
         typer.echo(f"added {added} documents, skipped {skipped} already indexed; the index holds {manifest.count}")
 
@@ -213,7 +202,7 @@ def index_info_cmd(
 
     info = index_info(index_dir, verify=verify)
     if json_out:
-        _emit(info)
+        emit(info)
     else:
         _print_manifest(info)
 
@@ -272,7 +261,7 @@ def search(
             obj: dict[str, Any] = {"query": text, "results": [h.to_json() for h in hits]}
             if qid is not None:
                 obj = {"query_id": qid, **obj}
-            _emit(obj)
+            emit(obj)
         else:
             _print_hits(text, hits)
 
@@ -297,9 +286,14 @@ def demo(
     with Retriever.load(target) as retriever:
         hits = retriever.search(query, k)
     if json_out:
-        _emit({"query": query, "results": [h.to_json() for h in hits]})
+        emit({"query": query, "results": [h.to_json() for h in hits]})
     else:
         _print_hits(query, hits)
+
+
+app.command()(whiten)
+app.command()(project)
+app.command()(dims)
 
 
 def _quiet_libraries() -> None:

@@ -183,7 +183,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+def batched_documents(docs: Iterable[Document], size: int = ENCODE_CHUNK) -> Iterator[list[Document]]:
     chunk: list[Document] = []
     for doc in docs:
         chunk.append(doc)
@@ -210,7 +210,7 @@ def encode_stream(
     Returns the number of rows written.
     """
     row = start_row
-    for chunk in _chunks(docs, ENCODE_CHUNK):
+    for chunk in batched_documents(docs):
         if on_chunk is not None:
             on_chunk(chunk, row)
         out[row : row + len(chunk)] = encode_texts(model, [d.encoded_text for d in chunk], batch_size=batch_size)

@@ -15,6 +15,7 @@ crash at any moment leaves the previous index intact.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from simtool.encoder import (
 )
 from simtool.errors import IndexDirError, SimtoolError
 from simtool.manifest import Manifest, ModelInfo
+from simtool.reduce.base import LinearReducer, apply_chain, load_reducer
 from simtool.vector_index import (
     METRICS,
     choose_factory,
@@ -79,9 +81,9 @@ def _write_faiss(index: Any, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def _finish(staging: Path, manifest: Manifest, index: Any, target: Path) -> None:
+def _finish(staging: Path, manifest: Manifest, index: Any, target: Path, extra_files: tuple[str, ...] = ()) -> None:
     _write_faiss(index, staging / INDEX_FILE)
-    for name in (INDEX_FILE, DOCS_FILE, VECTORS_FILE):
+    for name in (INDEX_FILE, DOCS_FILE, VECTORS_FILE, *extra_files):
         manifest.record_file(staging, name)
     manifest.save(staging)
     replace_dir(staging, target)
@@ -113,13 +115,14 @@ def build_index(
     n = fields.count(corpus)
     encoder = model if isinstance(model, SentenceTransformer) else load_encoder(model, pooling, None, max_seq_length)
     dim = embedding_dim(encoder)
-    factory = choose_factory(n, dim, memory_budget) if factory == "auto" else factory
+    spec, factory = factory, choose_factory(n, dim, memory_budget) if factory == "auto" else factory
     index = new_faiss_index(factory, dim, metric)  # an unknown factory fails here, before encoding
     manifest = Manifest(
         model=_model_info(encoder),
         dim=dim,
         metric=metric,
         factory=factory,
+        factory_spec=spec,
         count=n,
         search_params=default_search_params(factory),
         created_at=_now(),
@@ -171,8 +174,8 @@ def load_index_encoder(manifest: Manifest, device: str | None = None) -> Sentenc
 def check_same_model(manifest: Manifest, encoder: SentenceTransformer) -> None:
     info = manifest.model
     dim = embedding_dim(encoder)
-    if dim != manifest.dim:
-        raise IndexDirError(f"the index holds {manifest.dim}-dim vectors but the model gives {dim} dims")
+    if dim != info.dim:
+        raise IndexDirError(f"the index was built from {info.dim}-dim vectors but the model gives {dim} dims")
     fingerprint = model_fingerprint(encoder)
     if fingerprint != info.fingerprint:
         raise IndexDirError(
@@ -195,6 +198,99 @@ def read_faiss(manifest: Manifest, directory: Path, *, verify: bool = True) -> A
             f"manifest says {manifest.count} of dim {manifest.dim}"
         )
     return index
+
+
+def load_reducers(manifest: Manifest, directory: Path, *, verify: bool = True) -> list[LinearReducer]:
+    """The index's reducer chain, checked: fitted on this model's vectors, dims that chain up."""
+    reducers = []
+    dim = manifest.model.dim
+    for entry in manifest.reducers:
+        path = manifest.verify_file(directory, entry["file"]) if verify else directory / entry["file"]
+        reducer = load_reducer(path)
+        if reducer.source_fingerprint != manifest.model.fingerprint:
+            raise IndexDirError(
+                f"{path}: this {reducer.kind} was fitted on vectors of model {reducer.source_fingerprint}, "
+                f"not of the index's model {manifest.model.fingerprint}"
+            )
+        if reducer.in_dim != dim:
+            raise IndexDirError(f"{path}: expects {reducer.in_dim}-dim input, gets {dim}")
+        reducers.append(reducer)
+        dim = reducer.out_dim
+    if dim != manifest.dim:
+        raise IndexDirError(f"{directory}: reducers output {dim} dims, the index holds {manifest.dim}")
+    return reducers
+
+
+def _reduced(vectors: np.ndarray, reducers: list[LinearReducer], out: Path) -> np.ndarray:
+    """``vectors`` through the chain, written block by block to a scratch memmap at ``out``."""
+    if not reducers:
+        return vectors
+    reduced = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(vectors), reducers[-1].out_dim))
+    for start in range(0, len(vectors), 1 << 16):
+        reduced[start : start + (1 << 16)] = apply_chain(reducers, vectors[start : start + (1 << 16)])
+    return reduced
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Committed files are never modified in place, so a hard link is a safe, free copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def reduce_index(
+    reducer: LinearReducer,
+    index_dir: str | Path | None = None,
+    *,
+    factory: str | None = None,
+    gpu: bool = True,
+    memory_budget: int | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Rebuild an index with its raw vectors passed through ``reducer`` (replacing earlier reducers).
+
+    ``factory``: None reuses what the index was built with ("auto" is re-decided for the new dim).
+    Nothing is re-encoded: the raw vectors come from ``vectors.npy``.
+    """
+    target = Path(index_dir) if index_dir is not None else default_index_dir()
+    manifest = Manifest.load(target)
+    if reducer.source_fingerprint != manifest.model.fingerprint:
+        raise IndexDirError(
+            f"the {reducer.kind} was fitted on vectors of model {reducer.source_fingerprint}, "
+            f"not of this index's model {manifest.model.fingerprint}"
+        )
+    if reducer.in_dim != manifest.model.dim:
+        raise IndexDirError(
+            f"the {reducer.kind} expects {reducer.in_dim}-dim input, the index's model gives {manifest.model.dim}"
+        )
+    raw = np.load(manifest.verify_file(target, VECTORS_FILE), mmap_mode="r")
+    spec = factory or manifest.factory_spec or manifest.factory
+    k = reducer.out_dim
+    chosen = choose_factory(manifest.count, k, memory_budget) if spec == "auto" else spec
+    index = new_faiss_index(chosen, k, manifest.metric)
+    staging = staging_dir_for(target)
+    try:
+        for name in (DOCS_FILE, VECTORS_FILE):
+            _link_or_copy(manifest.verify_file(target, name), staging / name)
+        reducer_file = "reducer-0.safetensors"
+        reducer.save(staging / reducer_file)
+        scratch = staging / "reduced.scratch.npy"
+        reduced = _reduced(raw, [reducer], scratch)
+        with progress_bar(manifest.count, "index", progress) as bar:
+            index = fill_index(index, reduced, gpu=gpu, on_progress=bar.update)
+        del reduced
+        scratch.unlink()
+        manifest.reducers = [{**reducer.config(), "file": reducer_file}]
+        manifest.dim, manifest.factory, manifest.factory_spec = k, chosen, spec
+        manifest.search_params = default_search_params(chosen)
+        manifest.files = {}
+        manifest.updated_at = _now()
+        _finish(staging, manifest, index, target, extra_files=(reducer_file,))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
 
 
 def add_to_index(
@@ -228,10 +324,14 @@ def add_to_index(
     if added == 0:
         return manifest, 0, total
     index = read_faiss(manifest, target)
+    reducers = load_reducers(manifest, target)
     old_vectors = np.load(manifest.verify_file(target, VECTORS_FILE), mmap_mode="r")
     staging = staging_dir_for(target)
     try:
-        shutil.copy2(manifest.verify_file(target, DOCS_FILE), staging / DOCS_FILE)
+        shutil.copy2(manifest.verify_file(target, DOCS_FILE), staging / DOCS_FILE)  # SQLite writes in place
+        reducer_files = tuple(entry["file"] for entry in manifest.reducers)
+        for name in reducer_files:
+            _link_or_copy(target / name, staging / name)
         vectors = np.lib.format.open_memmap(
             staging / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(old_n + added, manifest.dim)
         )
@@ -239,12 +339,12 @@ def add_to_index(
         with DocStore(staging / DOCS_FILE, readonly=False) as store, progress_bar(added, "encode", progress) as bar:
             encode_stream(encoder, new_docs, vectors, old_n, batch_size=batch_size, bar=bar, on_chunk=store.add)
             store.commit()
-        index = fill_index(index, vectors[old_n:], gpu=gpu)
+        index = fill_index(index, apply_chain(reducers, vectors[old_n:]), gpu=gpu)
         vectors.flush()
         del vectors
         manifest.count = old_n + added
         manifest.updated_at = _now()
-        _finish(staging, manifest, index, target)
+        _finish(staging, manifest, index, target, extra_files=reducer_files)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

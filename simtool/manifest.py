@@ -38,8 +38,9 @@ class Manifest:
     metric: str  # "ip" or "l2"
     factory: str
     count: int
+    factory_spec: str = ""  # what was asked for ("auto" or a factory string), reused when the index is rebuilt
     search_params: dict[str, int] = field(default_factory=dict)
-    reducers: list[dict[str, Any]] = field(default_factory=list)
+    reducers: list[dict[str, Any]] = field(default_factory=list)  # config + "file", applied in order
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"sha256", "bytes"}
     created_at: str = ""
     updated_at: str = ""

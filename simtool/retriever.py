@@ -13,9 +13,10 @@ import torch
 from simtool.config import default_index_dir
 from simtool.docstore import DocStore
 from simtool.encoder import encode_texts
-from simtool.errors import IndexDirError, SimtoolError
-from simtool.index import DOCS_FILE, VECTORS_FILE, load_index_encoder, read_faiss
+from simtool.errors import SimtoolError
+from simtool.index import DOCS_FILE, VECTORS_FILE, load_index_encoder, load_reducers, read_faiss
 from simtool.manifest import Manifest
+from simtool.reduce.base import LinearReducer, apply_chain
 from simtool.vector_index import FaissSearcher, Searcher, TorchExactSearcher
 
 Backend = Literal["auto", "faiss", "torch"]
@@ -73,12 +74,21 @@ def choose_backend(manifest: Manifest, backend: Backend, device: str | None) -> 
 class Retriever:
     """Encodes queries as the index's documents were encoded and searches the index."""
 
-    def __init__(self, index_dir: Path, manifest: Manifest, encoder: Any, searcher: Searcher, store: DocStore):
+    def __init__(
+        self,
+        index_dir: Path,
+        manifest: Manifest,
+        encoder: Any,
+        searcher: Searcher,
+        store: DocStore,
+        reducers: Sequence[LinearReducer] = (),
+    ) -> None:
         self.index_dir = index_dir
         self.manifest = manifest
         self.encoder = encoder
         self.searcher = searcher
         self.store = store
+        self.reducers = list(reducers)
 
     @classmethod
     def load(
@@ -97,22 +107,22 @@ class Retriever:
         """
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
         manifest = Manifest.load(directory)
-        if manifest.reducers:
-            raise IndexDirError(f"{directory}: index uses reducers this simtool version cannot apply")
+        reducers = load_reducers(manifest, directory, verify=verify)
         chosen, torch_device = choose_backend(manifest, backend, device)
         if chosen == "faiss":
             params = {**manifest.search_params, **(search_params or {})}
             searcher: Searcher = FaissSearcher(read_faiss(manifest, directory, verify=verify), params, gpu=gpu)
         else:
             path = manifest.verify_file(directory, VECTORS_FILE) if verify else directory / VECTORS_FILE
-            searcher = TorchExactSearcher(np.load(path, mmap_mode="r"), manifest.metric, torch_device)
+            vectors = apply_chain(reducers, np.load(path, mmap_mode="r"))
+            searcher = TorchExactSearcher(vectors, manifest.metric, torch_device)
         docs = manifest.verify_file(directory, DOCS_FILE) if verify else directory / DOCS_FILE
         encoder = load_index_encoder(manifest, device)
-        return cls(directory, manifest, encoder, searcher, DocStore(docs))
+        return cls(directory, manifest, encoder, searcher, DocStore(docs), reducers)
 
     def encode(self, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """``(len(queries), dim)`` float32 query vectors, exactly as the documents were encoded."""
-        return encode_texts(self.encoder, list(queries), batch_size=batch_size)
+        """``(len(queries), dim)`` float32 query vectors, exactly as the documents were: encoder, then reducers."""
+        return apply_chain(self.reducers, encode_texts(self.encoder, list(queries), batch_size=batch_size))
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Raw top-k: ``(scores, rows)``, each ``(nq, k)``; rows are -1 where fewer than k documents exist."""

@@ -163,7 +163,7 @@ def test_dimension_mismatch_is_refused(built: Path, tmp_path: Path) -> None:
     m = Manifest.load(built)
     m.model.name_or_path, m.model.pooling = str(wide), "mean"
     m.save(built)
-    with pytest.raises(IndexDirError, match="holds 32-dim vectors but the model gives 48"):
+    with pytest.raises(IndexDirError, match="built from 32-dim vectors but the model gives 48"):
         Retriever.load(built)
 
 

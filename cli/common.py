@@ -1,0 +1,33 @@
+"""Options and output helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+IndexDir = Annotated[
+    Path | None,
+    typer.Option("--index-dir", help="Index directory [default: $SIMTOOL_HOME/index, SIMTOOL_HOME=~/.simtool]."),
+]
+Model = Annotated[
+    str | None,
+    typer.Option("--model", help="Model: local directory or cached hub name [default: all-MiniLM-L6-v2]."),
+]
+Pooling = Annotated[
+    str | None,
+    typer.Option("--pooling", help="cls, mean, max, last-avg or first-last-avg [default: the model's]."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object (quiet, for scripts).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per encoder forward pass.")]
+TextColumn = Annotated[str | None, typer.Option("--text-column", help="Field holding the text [default: text].")]
+IdColumn = Annotated[str | None, typer.Option("--id-column", help="Field holding the id [default: _id or id].")]
+TitleColumn = Annotated[str | None, typer.Option("--title-column", help="Field holding the title [default: title].")]
+
+
+def emit(obj: Any) -> None:
+    """One JSON object on one line of stdout."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")

@@ -1,0 +1,210 @@
+"""``simtool whiten``, ``simtool project`` and ``simtool dims``: dimension reduction for an index or a model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from simtool.cli.common import IndexDir, Json, Model, Pooling, emit
+from simtool.errors import SimtoolError
+
+Corpus = Annotated[Path | None, typer.Option("--corpus", help="Fit on this corpus encoded by --model (model mode).")]
+Output = Annotated[Path | None, typer.Option("--output", help="Write the reduced model here (model mode).")]
+Factory = Annotated[
+    str | None, typer.Option("--factory", help="Index factory after reduction [default: the index's own].")
+]
+
+
+def _parse_dim(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        dim = int(value)
+    except ValueError:
+        raise SimtoolError(f"--dim must be a positive integer or 'auto', got {value!r}") from None
+    if dim <= 0:
+        raise SimtoolError(f"--dim must be a positive integer or 'auto', got {value!r}")
+    return dim
+
+
+def _parse_power(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise SimtoolError(f"--power must be a number or 'auto', got {value!r}") from None
+
+
+def _mode(model: str | None, corpus: Path | None, output: Path | None) -> str:
+    """ "model" when writing a reduced model (needs --corpus and --output), else "index"."""
+    if output is None and corpus is None and model is None:
+        return "index"
+    if output is None or corpus is None:
+        raise SimtoolError("model mode needs --corpus FILE and --output DIR (and optionally --model)")
+    return "model"
+
+
+def _report(reducer: Any, result: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        emit(result)
+        return
+    grid = getattr(reducer, "grid_", [])
+    if grid:
+        typer.echo("dim  power  dev cosine Spearman x100")
+        for row in grid:
+            typer.echo(f"{row['dim']:>4} {row['power']:>6.2f}  {row['cosine_spearman']:.2f}")
+    where = result.get("output") or result.get("index_dir")
+    params = " ".join(f"{k}={result[k]}" for k in ("power", "eps", "distribution", "seed") if k in result)
+    typer.echo(f"{result['kind']}: {result['in_dim']} -> {result['out_dim']} dims ({params}); wrote {where}")
+
+
+def whiten(
+    dim: Annotated[str | None, typer.Option("--dim", help="Dimensions to keep, or 'auto' [default: all].")] = None,
+    power: Annotated[str, typer.Option("--power", help="0.5 = BERT-whitening, 0 = PCA, or 'auto'.")] = "0.5",
+    eps: Annotated[
+        float, typer.Option("--eps", help="Added to the eigenvalues (regularises rank-deficient fits).")
+    ] = 0.0,
+    tune_on: Annotated[
+        Path | None, typer.Option("--tune-on", help="STS data to tune 'auto' on (any `simtool eval sts` format).")
+    ] = None,
+    tune_split: Annotated[str, typer.Option("--tune-split", help="Split of --tune-on; never test.")] = "dev",
+    index_dir: IndexDir = None,
+    factory: Factory = None,
+    model: Model = None,
+    pooling: Pooling = None,
+    corpus: Corpus = None,
+    output: Output = None,
+    json_out: Json = False,
+) -> None:
+    """BERT-whitening: fit (x - mean) U diag(lambda^-power)[:, :dim], then rebuild the index or write a model.
+
+    With no --model/--corpus it fits on the current index's stored vectors and rebuilds that index
+    at --dim dimensions; queries are then reduced the same way automatically.
+    """
+    from simtool.reduce.whitening import Whitening
+
+    k, p = _parse_dim(dim), _parse_power(power)
+    if tune_on is None and "auto" in (k, p):
+        raise SimtoolError("--dim/--power auto need --tune-on STS_PATH")
+    if _mode(model, corpus, output) == "index":
+        from simtool.reduce.workflows import whiten_index
+
+        reducer, manifest = whiten_index(
+            index_dir,
+            dim=k,
+            power=p,
+            eps=eps,
+            tune_on=tune_on,
+            tune_split=tune_split,
+            factory=factory,
+            progress=not json_out,
+        )
+        result = {
+            **reducer.config(),
+            "index_dir": str(Path(index_dir or _default_index())),
+            "factory": manifest.factory,
+        }
+    else:
+        from simtool.encoder import load_encoder
+        from simtool.reduce.export import export_reduced_model
+        from simtool.reduce.workflows import fit_for_model, sts_tuning_set
+
+        encoder = load_encoder(model, pooling)
+        tune = sts_tuning_set(encoder, tune_on, tune_split) if tune_on is not None else None
+        reducer = fit_for_model(Whitening(k, p, eps), encoder, corpus, tune=tune)  # type: ignore[arg-type]
+        result = {**reducer.config(), "output": str(export_reduced_model(encoder, reducer, output))}  # type: ignore[arg-type]
+    result["grid"] = reducer.grid_
+    _report(reducer, result, json_out)
+
+
+def project(
+    dim: Annotated[str, typer.Option("--dim", help="Dimensions, or 'auto' = round(8.33 ln N).")] = "auto",
+    distribution: Annotated[str, typer.Option("--distribution", help="gaussian N(0, 1/k) or sparse.")] = "gaussian",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    index_dir: IndexDir = None,
+    factory: Factory = None,
+    model: Model = None,
+    pooling: Pooling = None,
+    corpus: Corpus = None,
+    output: Output = None,
+    json_out: Json = False,
+) -> None:
+    """Johnson-Lindenstrauss random projection of the current index (or of a model, with --corpus/--output)."""
+    from simtool.reduce.projection import RandomProjection
+
+    if _mode(model, corpus, output) == "index":
+        from simtool.reduce.workflows import project_index
+
+        reducer, manifest = project_index(
+            index_dir,
+            dim=_parse_dim(dim) or "auto",
+            distribution=distribution,  # type: ignore[arg-type]
+            seed=seed,
+            factory=factory,
+            progress=not json_out,
+        )
+        result = {
+            **reducer.config(),
+            "index_dir": str(Path(index_dir or _default_index())),
+            "factory": manifest.factory,
+        }
+    else:
+        from simtool.corpus import scan_corpus
+        from simtool.encoder import load_encoder
+        from simtool.reduce.export import export_reduced_model
+        from simtool.reduce.workflows import fit_for_model, projection_dim
+
+        k = projection_dim(_parse_dim(dim) or "auto", scan_corpus(corpus))  # type: ignore[arg-type]
+        encoder = load_encoder(model, pooling)
+        reducer = fit_for_model(RandomProjection(k, distribution, seed), encoder, corpus)  # type: ignore[arg-type]
+        result = {**reducer.config(), "output": str(export_reduced_model(encoder, reducer, output))}  # type: ignore[arg-type]
+    _report(reducer, result, json_out)
+
+
+def dims(
+    n_vectors: Annotated[int, typer.Option("--n-vectors", help="How many vectors will be indexed.")],
+    eps: Annotated[float, typer.Option("--eps", help="JL distortion bound, in (0, 1).")] = 0.1,
+    model_dim: Annotated[int, typer.Option("--model-dim", help="The encoder's dimension to compare with.")] = 384,
+    json_out: Json = False,
+) -> None:
+    """Dimension rules for N vectors: the 8.33 ln N entropy rule and the JL bound 24 ln N / eps^2."""
+    from simtool.reduce.dims import entropy_dim, jl_dim
+
+    if n_vectors < 2:
+        raise SimtoolError(f"--n-vectors must be at least 2, got {n_vectors}")
+    if not 0 < eps < 1:
+        raise SimtoolError(f"--eps must be in (0, 1), got {eps}")
+    rule, bound = entropy_dim(n_vectors), jl_dim(n_vectors, eps)
+    if rule >= model_dim:
+        note = f"the model's {model_dim} dims are at or below the 8.33 ln N rule: do not reduce"
+    else:
+        note = (
+            f"the model's {model_dim} dims exceed the 8.33 ln N rule by {model_dim / rule:.1f}x: reducing to "
+            f"~{max(rule, model_dim // 3)} is usually safe (check with `simtool eval`); the JL bound "
+            f"{'exceeds' if bound > model_dim else 'is below'} {model_dim} and is a worst-case guarantee only"
+        )
+    result = {
+        "n_vectors": n_vectors,
+        "entropy_dim": rule,
+        "jl_dim": bound,
+        "eps": eps,
+        "model_dim": model_dim,
+        "ln_n": math.log(n_vectors),
+        "note": note,
+    }
+    if json_out:
+        emit(result)
+    else:
+        typer.echo(f"8.33 ln N rule:        {rule} dims  (N = {n_vectors:,}, ln N = {math.log(n_vectors):.2f})")
+        typer.echo(f"JL bound 24 ln N/eps^2: {bound} dims  (eps = {eps})")
+        typer.echo(note)
+
+
+def _default_index() -> Path:
+    from simtool.config import default_index_dir
+
+    return default_index_dir()

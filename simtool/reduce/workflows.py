@@ -1,0 +1,113 @@
+"""Fitting reducers where users need them: on an index's stored vectors, or on a corpus through an encoder.
+
+Tuning on an STS dev set uses the raw embeddings of its sentence pairs, encoded by the same
+model; the test split is refused so that reported test scores stay honest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from simtool.config import default_index_dir
+from simtool.encoder import batched_documents, encode_texts, model_fingerprint
+from simtool.errors import SimtoolError
+from simtool.index import VECTORS_FILE, CorpusFields, load_index_encoder, reduce_index
+from simtool.manifest import Manifest
+from simtool.reduce.base import LinearReducer
+from simtool.reduce.dims import entropy_dim
+from simtool.reduce.projection import Distribution, RandomProjection
+from simtool.reduce.whitening import Whitening
+
+TuneSet = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def sts_tuning_set(model: SentenceTransformer, path: str | Path, split: str = "dev") -> TuneSet:
+    """Raw embeddings of both sides of an STS split and its gold scores; any format ``simtool eval sts`` reads."""
+    from simtool.evals.sts import encode_pairs, load_sts
+
+    if split == "test":
+        raise SimtoolError("tuning on the test split would leak it into the reported score; use --tune-split dev")
+    data = load_sts(path, "auto", split)
+    emb1, emb2 = encode_pairs(model, data.sentences1, data.sentences2)
+    return emb1, emb2, np.asarray(data.scores, dtype=np.float64)
+
+
+def _index_vectors(index_dir: Path) -> tuple[Manifest, np.ndarray]:
+    manifest = Manifest.load(index_dir)
+    return manifest, np.load(manifest.verify_file(index_dir, VECTORS_FILE), mmap_mode="r")
+
+
+def whiten_index(
+    index_dir: str | Path | None = None,
+    *,
+    dim: int | str | None = None,
+    power: float | str = 0.5,
+    eps: float = 0.0,
+    tune_on: str | Path | None = None,
+    tune_split: str = "dev",
+    factory: str | None = None,
+    progress: bool = True,
+) -> tuple[Whitening, Manifest]:
+    """Fit whitening on an index's raw corpus vectors and rebuild the index at ``dim`` dimensions."""
+    target = Path(index_dir) if index_dir is not None else default_index_dir()
+    manifest, raw = _index_vectors(target)
+    tune = sts_tuning_set(load_index_encoder(manifest), tune_on, tune_split) if tune_on is not None else None
+    whitening = Whitening(dim, power, eps).fit(raw, tune=tune, source_fingerprint=manifest.model.fingerprint)
+    return whitening, reduce_index(whitening, target, factory=factory, progress=progress)
+
+
+def projection_dim(dim: int | str, n_vectors: int) -> int:
+    """An int, or ``"auto"``: the entropy rule round(8.33·ln N) for N vectors."""
+    if dim == "auto":
+        return entropy_dim(max(n_vectors, 2))
+    try:
+        return int(dim)
+    except ValueError:
+        raise SimtoolError(f"--dim must be an integer or 'auto', got {dim!r}") from None
+
+
+def project_index(
+    index_dir: str | Path | None = None,
+    *,
+    dim: int | str = "auto",
+    distribution: Distribution = "gaussian",
+    seed: int = 0,
+    factory: str | None = None,
+    progress: bool = True,
+) -> tuple[RandomProjection, Manifest]:
+    """Project an index's raw vectors to ``dim`` (``"auto"``: 8.33·ln N) and rebuild it."""
+    target = Path(index_dir) if index_dir is not None else default_index_dir()
+    manifest = Manifest.load(target)
+    projection = RandomProjection(projection_dim(dim, manifest.count), distribution, seed).fit(
+        manifest.model.dim, source_fingerprint=manifest.model.fingerprint
+    )
+    return projection, reduce_index(projection, target, factory=factory, progress=progress)
+
+
+def corpus_vectors(
+    model: SentenceTransformer, corpus: str | Path, fields: CorpusFields = CorpusFields()
+) -> Iterator[np.ndarray]:
+    """Encode a corpus chunk by chunk, for streaming fits that never hold the whole corpus."""
+    for batch in batched_documents(fields.read(Path(corpus))):
+        yield encode_texts(model, [d.encoded_text for d in batch])
+
+
+def fit_for_model(
+    reducer: LinearReducer,
+    model: SentenceTransformer,
+    corpus: str | Path,
+    *,
+    fields: CorpusFields = CorpusFields(),
+    tune: TuneSet | None = None,
+) -> LinearReducer:
+    """Fit ``reducer`` on the model's vectors of ``corpus`` (validated first, then streamed)."""
+    fields.count(Path(corpus))
+    fingerprint = model_fingerprint(model)
+    if isinstance(reducer, Whitening):
+        return reducer.fit(corpus_vectors(model, corpus, fields), tune=tune, source_fingerprint=fingerprint)
+    assert isinstance(reducer, RandomProjection)
+    return reducer.fit(model.get_embedding_dimension(), source_fingerprint=fingerprint)
