@@ -26,6 +26,7 @@ from simtool.cli.common import (
     emit,
 )
 from simtool.cli.reduce_cmd import dims, project, whiten
+from simtool.cli.eval_cmd import eval_app
 from simtool.cli.train_cmd import train as train_command
 from simtool.errors import SimtoolError
 
@@ -38,6 +39,7 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Build, extend and inspect an index directory.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.add_typer(eval_app, name="eval")
 app.command("train")(train_command)
 
 
