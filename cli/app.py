@@ -25,8 +25,8 @@ from simtool.cli.common import (
     TitleColumn,
     emit,
 )
-from simtool.cli.reduce_cmd import dims, project, whiten
 from simtool.cli.eval_cmd import eval_app
+from simtool.cli.reduce_cmd import dims, project, whiten
 from simtool.cli.train_cmd import train as train_command
 from simtool.errors import SimtoolError
 
