@@ -26,12 +26,13 @@ cross-row statistics), which is the case for transformer encoders; GPU kernels m
 
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from sentence_transformers.base.losses.gradcache import CachedLossMixin, RandContext, _create_minibatch
+from sentence_transformers.base.losses.gradcache import CachedLossMixin, RandContext, _create_minibatch, _get_batch_size
 from sentence_transformers.util import all_gather_with_grad as _st_all_gather_with_grad
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -146,7 +147,7 @@ def naive_accumulation_backward(
     """
     if loss.duplicate_single_column and len(sentence_features) == 1:
         sentence_features = [sentence_features[0], sentence_features[0]]
-    rows = len(next(iter(sentence_features[0].values())))
+    rows = _get_batch_size(sentence_features[0])
     starts = list(range(0, rows, mini_batch_size))
     model = loss.model
     total = torch.zeros(())
@@ -187,9 +188,10 @@ def wrap_ddp(model: nn.Module, sample_features: dict[str, Tensor]) -> Distribute
     """Wrap ``model`` for data-parallel training (process group already initialised, model on its device)."""
     freeze_unused_parameters(model, sample_features)
     device = next(model.parameters()).device
+    # BERT's buffers (position ids) are constants: no broadcast before every forward pass. torch 2.13
+    # renamed the option; older versions only know broadcast_buffers.
+    params = inspect.signature(DistributedDataParallel).parameters
+    no_sync_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
     return DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        # BERT's buffers (position ids) are constants: no broadcast before every forward pass.
-        broadcast_buffers=False,
+        model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync_buffers
     )
