@@ -22,7 +22,7 @@ Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
 """query id -> {doc id -> score}; higher is better."""
 
-DEFAULT_K_VALUES = (1, 3, 5, 10, 100)
+DEFAULT_K_VALUES = (1, 3, 5, 10, 20, 100, 1000)  # MTEB's cutoffs; those above --top-k are dropped
 MRR_K_VALUES = (10,)
 
 
