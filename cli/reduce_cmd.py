@@ -154,12 +154,13 @@ def project(
         }
     else:
         from simtool.corpus import scan_corpus
-        from simtool.encoder import load_encoder
+        from simtool.encoder import embedding_dim, load_encoder
         from simtool.reduce.export import export_reduced_model
         from simtool.reduce.workflows import fit_for_model, projection_dim
 
-        k = projection_dim(_parse_dim(dim) or "auto", scan_corpus(corpus))  # type: ignore[arg-type]
+        n = scan_corpus(corpus)  # type: ignore[arg-type]
         encoder = load_encoder(model, pooling)
+        k = projection_dim(_parse_dim(dim) or "auto", n, embedding_dim(encoder))
         reducer = fit_for_model(RandomProjection(k, distribution, seed), encoder, corpus)  # type: ignore[arg-type]
         result = {**reducer.config(), "output": str(export_reduced_model(encoder, reducer, output))}  # type: ignore[arg-type]
     _report(reducer, result, json_out)

@@ -333,7 +333,7 @@ def add_to_index(
         for name in reducer_files:
             _link_or_copy(target / name, staging / name)
         vectors = np.lib.format.open_memmap(
-            staging / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(old_n + added, manifest.dim)
+            staging / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(old_n + added, manifest.model.dim)
         )
         vectors[:old_n] = old_vectors  # numpy copies memmap to memmap in bounded blocks
         with DocStore(staging / DOCS_FILE, readonly=False) as store, progress_bar(added, "encode", progress) as bar:

@@ -60,14 +60,20 @@ def whiten_index(
     return whitening, reduce_index(whitening, target, factory=factory, progress=progress)
 
 
-def projection_dim(dim: int | str, n_vectors: int) -> int:
-    """An int, or ``"auto"``: the entropy rule round(8.33·ln N) for N vectors."""
-    if dim == "auto":
-        return entropy_dim(max(n_vectors, 2))
-    try:
-        return int(dim)
-    except ValueError:
-        raise SimtoolError(f"--dim must be an integer or 'auto', got {dim!r}") from None
+def projection_dim(dim: int | str, n_vectors: int, model_dim: int) -> int:
+    """An int, or ``"auto"``: the entropy rule round(8.33·ln N) for N vectors, when that is below the model's dim."""
+    if dim != "auto":
+        try:
+            return int(dim)
+        except ValueError:
+            raise SimtoolError(f"--dim must be an integer or 'auto', got {dim!r}") from None
+    k = entropy_dim(max(n_vectors, 2))
+    if k >= model_dim:
+        raise SimtoolError(
+            f"the 8.33 ln N rule asks for {k} dims for {n_vectors} vectors, not fewer than the model's {model_dim}: "
+            "nothing to gain from a projection"
+        )
+    return k
 
 
 def project_index(
@@ -82,7 +88,8 @@ def project_index(
     """Project an index's raw vectors to ``dim`` (``"auto"``: 8.33·ln N) and rebuild it."""
     target = Path(index_dir) if index_dir is not None else default_index_dir()
     manifest = Manifest.load(target)
-    projection = RandomProjection(projection_dim(dim, manifest.count), distribution, seed).fit(
+    k = projection_dim(dim, manifest.count, manifest.model.dim)
+    projection = RandomProjection(k, distribution, seed).fit(
         manifest.model.dim, source_fingerprint=manifest.model.fingerprint
     )
     return projection, reduce_index(projection, target, factory=factory, progress=progress)
