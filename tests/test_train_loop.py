@@ -225,6 +225,10 @@ def test_train_command_sup_json_and_the_model_loads_with_plain_sentence_transfor
     assert vectors.shape == (2, 32)
     saved = json.loads((out / "training_summary.json").read_text())
     assert saved["config"]["margin"] == 0.2 and saved["config"]["recipe"] == "simcse-sup"
+    # `simtool eval` scores the published model exactly as the best evaluation during training did.
+    code, stdout, err = run(capsys, "eval", "sts", str(sts), "--model", str(out), "--json")
+    assert code == 0, err
+    assert json.loads(stdout.splitlines()[0])["main_score"] == pytest.approx(summary["best_score"], abs=1e-9)
 
 
 @pytest.mark.parametrize(
