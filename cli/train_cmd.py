@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -139,6 +140,8 @@ def train(
     except TrainingInterrupted as e:
         print(f"simtool: {e}", file=sys.stderr)
         raise SystemExit(130) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports for all processes
     summary = result.to_json()
     if json_out:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")

@@ -27,6 +27,7 @@ cross-row statistics), which is the case for transformer encoders; GPU kernels m
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import nullcontext
 from typing import Any
 
@@ -53,7 +54,10 @@ def all_gather_with_grad(tensor: Tensor) -> Tensor:
     The backward sums, over ranks, the gradients with respect to each rank's slice (reduce-scatter), so a rank's
     embeddings receive the gradient of every rank's loss terms that use them as candidates.
     """
-    return _st_all_gather_with_grad(tensor)
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates torch.distributed.nn.all_gather, which sentence-transformers still uses.
+        warnings.simplefilter("ignore", FutureWarning)
+        return _st_all_gather_with_grad(tensor)
 
 
 def check_batch_sizes(batch_size: int, mini_batch_size: int | None, world_size: int = 1) -> int:

@@ -697,6 +697,9 @@ class _Run:
         self.evals: list[dict[str, Any]] = []
         self.resumed_from: int | None = None
         self.last_saved = -1
+        self.last_loss = float("nan")
+        self.sentences = 0
+        self.texts_per_step = config.batch_size * (2 if config.recipe == "simcse-unsup" else len(self.columns))
         if state is not None:
             self._restore(state)
         else:
@@ -709,9 +712,6 @@ class _Run:
                 torch.cuda.manual_seed(config.seed + self.rank)
         if self.rank == 0:
             checkpoints_dir(self.output).mkdir(parents=True, exist_ok=True)
-        self.texts_per_step = config.batch_size * (2 if config.recipe == "simcse-unsup" else len(self.columns))
-        self.last_loss = float("nan")
-        self.sentences = 0
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

@@ -153,6 +153,8 @@ def test_resume_after_interrupt_or_crash_gives_the_uninterrupted_weights(tmp_pat
     ref_log = [json.loads(line) for line in (Path(reference.output) / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 11))
     assert [e["loss"] for e in log] == [e["loss"] for e in ref_log]
+    again = train(crashed, progress=False)  # resuming a finished run trains nothing and reports it
+    assert (again.steps, again.resumed_from, again.final_loss) == (10, 10, reference.final_loss)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, tiny_bert: Path) -> None:
