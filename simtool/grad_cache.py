@@ -86,17 +86,6 @@ def check_batch_sizes(batch_size: int, mini_batch_size: int | None, world_size: 
     return local
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP (or ``torch.compile``) wrappers."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 class ExactCachedLossMixin(CachedLossMixin):
     """CachedLossMixin whose every encoder pass (plain, cached, replayed) runs under the same autocast.
 
