@@ -45,16 +45,20 @@ class MeanCovariance:
         chunk = np.asarray(chunk)
         if chunk.ndim != 2 or len(chunk) == 0:
             return
-        check_finite(chunk, self.n)
         if self.shift is None:
             d = chunk.shape[1]
+            check_finite(chunk, 0)
             self.shift = chunk.mean(axis=0, dtype=np.float64)
             self.sum = np.zeros(d)
             self.gram = np.zeros((d, d), order="F")
         elif chunk.shape[1] != len(self.shift):
             raise SimtoolError(f"vector dim changed from {len(self.shift)} to {chunk.shape[1]} at row {self.n}")
-        centred = chunk.astype(np.float64) - self.shift
-        self.sum += centred.sum(axis=0)
+        centred = chunk.astype(np.float64)
+        centred -= self.shift
+        column_sums = centred.sum(axis=0)
+        if not np.isfinite(column_sums).all():  # NaN and inf reach the sums: one pass finds both
+            check_finite(chunk, self.n)
+        self.sum += column_sums
         # syrk on the (d, m) Fortran view of the C-ordered (m, d) block: C += Aᵀ... without a copy
         self.gram = dsyrk(1.0, centred.T, beta=1.0, c=self.gram, trans=0, overwrite_c=True)
         self.n += len(chunk)
