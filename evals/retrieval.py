@@ -157,12 +157,15 @@ class _RowHit:
 
 def _flat_run(retriever: Any, qids: list[str], texts: list[str], k: int, batch_size: int) -> list[list[_RowHit]]:
     """Exact search over the index's raw encoder vectors with raw query vectors: the flat ideal."""
+    import torch
+
     from simtool.encoder import encode_texts
     from simtool.index import VECTORS_FILE
     from simtool.vector_index import TorchExactSearcher
 
     vectors = np.load(retriever.index_dir / VECTORS_FILE, mmap_mode="r")
-    searcher = TorchExactSearcher(vectors, retriever.manifest.metric, "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    searcher = TorchExactSearcher(vectors, retriever.manifest.metric, device)
     out: list[list[_RowHit]] = []
     for start in range(0, len(texts), QUERY_CHUNK):
         q = encode_texts(retriever.encoder, texts[start : start + QUERY_CHUNK], batch_size=batch_size)
