@@ -85,40 +85,21 @@ def whiten(
     With no --model/--corpus it fits on the current index's stored vectors and rebuilds that index
     at --dim dimensions; queries are then reduced the same way automatically.
     """
-    from simtool.reduce.whitening import Whitening
-
     k, p = _parse_dim(dim), _parse_power(power)
     if tune_on is None and "auto" in (k, p):
         raise SimtoolError("--dim/--power auto need --tune-on STS_PATH")
+    tuning = {"dim": k, "power": p, "eps": eps, "tune_on": tune_on, "tune_split": tune_split}
     if _mode(model, corpus, output) == "index":
         from simtool.reduce.workflows import whiten_index
 
-        reducer, manifest = whiten_index(
-            index_dir,
-            dim=k,
-            power=p,
-            eps=eps,
-            tune_on=tune_on,
-            tune_split=tune_split,
-            factory=factory,
-            progress=not json_out,
-        )
-        result = {
-            **reducer.config(),
-            "index_dir": str(Path(index_dir or _default_index())),
-            "factory": manifest.factory,
-        }
+        reducer, manifest = whiten_index(index_dir, **tuning, factory=factory, progress=not json_out)  # type: ignore[arg-type]
+        where = _index_result(index_dir, manifest)
     else:
-        from simtool.encoder import load_encoder
-        from simtool.reduce.export import export_reduced_model
-        from simtool.reduce.workflows import fit_for_model, sts_tuning_set
+        from simtool.reduce.workflows import whiten_model
 
-        encoder = load_encoder(model, pooling)
-        tune = sts_tuning_set(encoder, tune_on, tune_split) if tune_on is not None else None
-        reducer = fit_for_model(Whitening(k, p, eps), encoder, corpus, tune=tune)  # type: ignore[arg-type]
-        result = {**reducer.config(), "output": str(export_reduced_model(encoder, reducer, output))}  # type: ignore[arg-type]
-    result["grid"] = reducer.grid_
-    _report(reducer, result, json_out)
+        reducer, out = whiten_model(corpus, output, model=model, pooling=pooling, **tuning)  # type: ignore[arg-type]
+        where = {"output": str(out)}
+    _report(reducer, {**reducer.config(), **where, "grid": reducer.grid_}, json_out)
 
 
 def project(
@@ -134,36 +115,33 @@ def project(
     json_out: Json = False,
 ) -> None:
     """Johnson-Lindenstrauss random projection of the current index (or of a model, with --corpus/--output)."""
-    from simtool.reduce.projection import RandomProjection
-
+    k = _parse_dim(dim) or "auto"
     if _mode(model, corpus, output) == "index":
         from simtool.reduce.workflows import project_index
 
         reducer, manifest = project_index(
             index_dir,
-            dim=_parse_dim(dim) or "auto",
-            distribution=distribution,  # type: ignore[arg-type]
+            dim=k,
+            distribution=distribution,
             seed=seed,
             factory=factory,
-            progress=not json_out,
+            progress=not json_out,  # type: ignore[arg-type]
         )
-        result = {
-            **reducer.config(),
-            "index_dir": str(Path(index_dir or _default_index())),
-            "factory": manifest.factory,
-        }
+        where = _index_result(index_dir, manifest)
     else:
-        from simtool.corpus import scan_corpus
-        from simtool.encoder import embedding_dim, load_encoder
-        from simtool.reduce.export import export_reduced_model
-        from simtool.reduce.workflows import fit_for_model, projection_dim
+        from simtool.reduce.workflows import project_model
 
-        n = scan_corpus(corpus)  # type: ignore[arg-type]
-        encoder = load_encoder(model, pooling)
-        k = projection_dim(_parse_dim(dim) or "auto", n, embedding_dim(encoder))
-        reducer = fit_for_model(RandomProjection(k, distribution, seed), encoder, corpus)  # type: ignore[arg-type]
-        result = {**reducer.config(), "output": str(export_reduced_model(encoder, reducer, output))}  # type: ignore[arg-type]
-    _report(reducer, result, json_out)
+        reducer, out = project_model(
+            corpus,
+            output,
+            model=model,
+            pooling=pooling,
+            dim=k,
+            distribution=distribution,
+            seed=seed,  # type: ignore[arg-type]
+        )
+        where = {"output": str(out)}
+    _report(reducer, {**reducer.config(), **where}, json_out)
 
 
 def dims(
@@ -205,7 +183,7 @@ def dims(
         typer.echo(note)
 
 
-def _default_index() -> Path:
+def _index_result(index_dir: Path | None, manifest: Any) -> dict[str, Any]:
     from simtool.config import default_index_dir
 
-    return default_index_dir()
+    return {"index_dir": str(index_dir or default_index_dir()), "factory": manifest.factory}

@@ -192,3 +192,17 @@ def small_corpus(tmp_path: Path) -> Path:
         for i in range(40)
     ]
     return write_jsonl(tmp_path / "corpus.jsonl", rows)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the ``simtool`` CLI in-process; returns ``(exit status, stdout, stderr)``."""
+    from simtool.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

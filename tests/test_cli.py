@@ -12,21 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simtool.cli import main
 from simtool.manifest import Manifest
+from tests.conftest import run_cli as run
 from tests.conftest import write_jsonl
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simtool.cli import main
 from simtool.errors import IndexDirError, SimtoolError
 from simtool.index import VECTORS_FILE, add_to_index, build_index, index_info, reduce_index
 from simtool.manifest import Manifest
 from simtool.reduce import Whitening, load_reducer
 from simtool.reduce.workflows import project_index, projection_dim, whiten_index
 from simtool.retriever import Retriever
-from tests.conftest import WORDS, write_jsonl
+from tests.conftest import WORDS, run_cli, write_jsonl
 
 
 @pytest.fixture
@@ -84,37 +83,26 @@ def test_tuning_refuses_the_test_split(index_dir: Path, tmp_path: Path) -> None:
         whiten_index(index_dir, dim=8, power="auto", tune_on=pairs, tune_split="test", progress=False)
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_whiten_project_and_dims(
     index_dir: Path, tmp_path: Path, tiny_st: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(capsys, "whiten", "--dim", "16", "--index-dir", str(index_dir), "--json")
+    code, out, err = run_cli(capsys, "whiten", "--dim", "16", "--index-dir", str(index_dir), "--json")
     assert code == 0, err
     result = json.loads(out)
     assert (result["kind"], result["in_dim"], result["out_dim"], result["power"]) == ("whitening", 32, 16, 0.5)
-    code, out, _ = _cli(capsys, "search", "red cat", "--index-dir", str(index_dir), "-k", "3", "--json")
+    code, out, _ = run_cli(capsys, "search", "red cat", "--index-dir", str(index_dir), "-k", "3", "--json")
     assert code == 0 and len(json.loads(out)["results"]) == 3
 
-    code, out, _ = _cli(capsys, "project", "--dim", "10", "--index-dir", str(index_dir), "--json")
+    code, out, _ = run_cli(capsys, "project", "--dim", "10", "--index-dir", str(index_dir), "--json")
     assert code == 0 and json.loads(out)["out_dim"] == 10
     # 8.33 ln 300 = 48 dims, more than the tiny model's 32: auto says there is nothing to gain
-    code, _, err = _cli(capsys, "project", "--dim", "auto", "--index-dir", str(index_dir))
+    code, _, err = run_cli(capsys, "project", "--dim", "auto", "--index-dir", str(index_dir))
     assert code == 2 and "asks for 48 dims for 300 vectors" in err
     assert projection_dim("auto", 300, 384) == 48 and projection_dim("auto", 100_000, 384) == 96
 
     corpus = tmp_path / "fit.txt"
     corpus.write_text("\n".join(" ".join(random.Random(i).choices(WORDS, k=8)) for i in range(200)))
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys,
         "whiten",
         "--model",
@@ -134,9 +122,9 @@ def test_cli_whiten_project_and_dims(
 
     assert SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["a cat"]).shape == (1, 8)
 
-    code, out, _ = _cli(capsys, "dims", "--n-vectors", "100000", "--json")
+    code, out, _ = run_cli(capsys, "dims", "--n-vectors", "100000", "--json")
     assert json.loads(out)["entropy_dim"] == 96 and json.loads(out)["jl_dim"] == 27632
-    code, out, _ = _cli(capsys, "dims", "--n-vectors", "5000000")
+    code, out, _ = run_cli(capsys, "dims", "--n-vectors", "5000000")
     assert code == 0 and "128 dims" in out
 
 
@@ -157,7 +145,7 @@ def test_cli_bad_reduce_arguments(
 ) -> None:
     before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
     extra = ["--index-dir", str(index_dir)] if args[0] != "dims" else []
-    code, _, err = _cli(capsys, *args, *extra)
+    code, _, err = run_cli(capsys, *args, *extra)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     import re
 

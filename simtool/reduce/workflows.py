@@ -17,7 +17,6 @@ from simtool.encoder import batched_documents, encode_texts, model_fingerprint
 from simtool.errors import SimtoolError
 from simtool.index import VECTORS_FILE, CorpusFields, load_index_encoder, reduce_index
 from simtool.manifest import Manifest
-from simtool.reduce.base import LinearReducer
 from simtool.reduce.dims import entropy_dim
 from simtool.reduce.projection import Distribution, RandomProjection
 from simtool.reduce.whitening import Whitening
@@ -103,18 +102,50 @@ def corpus_vectors(
         yield encode_texts(model, [d.encoded_text for d in batch])
 
 
-def fit_for_model(
-    reducer: LinearReducer,
-    model: SentenceTransformer,
+def whiten_model(
     corpus: str | Path,
+    output: str | Path,
     *,
+    model: str | Path | None = None,
+    pooling: str | None = None,
+    dim: int | str | None = None,
+    power: float | str = 0.5,
+    eps: float = 0.0,
+    tune_on: str | Path | None = None,
+    tune_split: str = "dev",
     fields: CorpusFields = CorpusFields(),
-    tune: TuneSet | None = None,
-) -> LinearReducer:
-    """Fit ``reducer`` on the model's vectors of ``corpus`` (validated first, then streamed)."""
-    fields.count(Path(corpus))
-    fingerprint = model_fingerprint(model)
-    if isinstance(reducer, Whitening):
-        return reducer.fit(corpus_vectors(model, corpus, fields), tune=tune, source_fingerprint=fingerprint)
-    assert isinstance(reducer, RandomProjection)
-    return reducer.fit(model.get_embedding_dimension(), source_fingerprint=fingerprint)
+) -> tuple[Whitening, Path]:
+    """Fit whitening on ``corpus`` encoded by ``model`` and write the reduced model to ``output``."""
+    from simtool.encoder import load_encoder
+    from simtool.reduce.export import export_reduced_model
+
+    fields.count(Path(corpus))  # validate the whole file before encoding any of it
+    encoder = load_encoder(model, pooling)
+    tune = sts_tuning_set(encoder, tune_on, tune_split) if tune_on is not None else None
+    whitening = Whitening(dim, power, eps).fit(
+        corpus_vectors(encoder, corpus, fields), tune=tune, source_fingerprint=model_fingerprint(encoder)
+    )
+    return whitening, export_reduced_model(encoder, whitening, output)
+
+
+def project_model(
+    corpus: str | Path,
+    output: str | Path,
+    *,
+    model: str | Path | None = None,
+    pooling: str | None = None,
+    dim: int | str = "auto",
+    distribution: Distribution = "gaussian",
+    seed: int = 0,
+    fields: CorpusFields = CorpusFields(),
+) -> tuple[RandomProjection, Path]:
+    """A projection sized for ``corpus`` (``"auto"``: 8.33·ln N), appended to ``model`` and written to ``output``."""
+    from simtool.encoder import embedding_dim, load_encoder
+    from simtool.reduce.export import export_reduced_model
+
+    n = fields.count(Path(corpus))
+    encoder = load_encoder(model, pooling)
+    d = embedding_dim(encoder)
+    projection = RandomProjection(projection_dim(dim, n, d), distribution, seed)
+    projection.fit(d, source_fingerprint=model_fingerprint(encoder))
+    return projection, export_reduced_model(encoder, projection, output)
