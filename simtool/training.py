@@ -766,6 +766,7 @@ class _Run:
                     self._train_step(batch, index, stop)
                     if log_file is not None:
                         log_file.write(json.dumps(self.log_entry) + "\n")
+                        log_file.flush()  # `tail -f` shows every step
                     rate = self.sentences / max(time.perf_counter() - self.loop_started, 1e-9)
                     bar.set_postfix(loss=f"{self.last_loss:.4f}", sent_s=f"{rate:.0f}", refresh=False)
                     bar.update(1)
