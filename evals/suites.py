@@ -106,7 +106,8 @@ class SuiteReport:
             row = [r.task, r.split, str(r.n), r.main_metric, f"{r.main_score:.2f}"]
             if with_ref:
                 ref = self.reference_for(r)
-                row += ["–", "–"] if ref is None else [f"{ref:.2f}", f"{r.main_score - ref:+.2f}"]
+                # round first so that a delta of -0.000004 prints as +0.00, not -0.00
+                row += ["–", "–"] if ref is None else [f"{ref:.2f}", f"{round(r.main_score - ref, 2) + 0.0:+.2f}"]
             lines.append("| " + " | ".join(row) + " |")
         if self.skipped:
             lines += ["", "Skipped: " + "; ".join(f"{s['task']} ({s['reason']})" for s in self.skipped)]
