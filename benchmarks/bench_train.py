@@ -14,7 +14,9 @@ CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before the ste
 set ``VmHWM``, reset through ``/proc/self/clear_refs``, above the resident set before the step, with glibc
 returning freed buffers to the OS at once); and the
 median step time over ``--repeats`` rounds after a warm-up round, all configurations in one process, taking
-turns within each round so that a change of machine load hits all of them alike. A step is forward +
+turns within each round so that a change of machine load hits all of them alike; ratios are medians of the
+per-round ratios, of process CPU time on CPU with ``--threads 1`` (immune to other jobs on a shared
+machine), else of wall time. A step is forward +
 backward (the optimizer update is the same for all and left out). Sentences: the Multi30k captions of the
 shared data when present, else synthetic word strings.
 
@@ -159,24 +161,33 @@ def memory_worker(args: argparse.Namespace) -> dict[str, Any]:
     return {"peak_mib": peak / 2**20, "loss": loss}
 
 
-def timing_worker(args: argparse.Namespace, configs: list[tuple[str, int]]) -> dict[tuple[str, int], list[float]]:
-    """Step times of every configuration, interleaved round by round so that load changes hit all alike."""
+def timing_worker(
+    args: argparse.Namespace, configs: list[tuple[str, int]]
+) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """``(wall s, process CPU s)`` per step of every configuration, interleaved round by round so that a
+    change of machine load hits all of them alike; round 0 is a warm-up and not returned."""
     import torch
 
     model, batches = _load(args)
     steps = _step_functions(model, args.batch_size, configs)
     cuda = args.device.startswith("cuda")
-    times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {c: [] for c in configs}
     for round_, features in enumerate(batches):
         for config in configs:
             model.zero_grad(set_to_none=False)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             steps[config](features)
             if cuda:
                 torch.cuda.synchronize()
-            if round_ > 0:  # round 0 is the warm-up
-                times[config].append(time.perf_counter() - t0)
+            if round_ > 0:
+                times[config].append((time.perf_counter() - t0, time.process_time() - c0))
+        print(f"round {round_} done", file=sys.stderr, flush=True)
     return times
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a/b: each round's pair ran back to back, under the same load."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def _resolve(model: str | None) -> Path:
@@ -195,6 +206,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--skip-st", action="store_true", help="leave out sentence-transformers' cached loss")
+    parser.add_argument("--no-memory", action="store_true", help="time only (skip the memory processes)")
     parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
@@ -221,8 +233,8 @@ def main() -> None:
             f"(+1 warm-up), torch threads {args.threads or torch.get_num_threads()}; data: {source}",
             flush=True,
         )
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-    for method, b in configs:
+    results: dict[tuple[str, int], dict[str, Any]] = {c: {"method": c[0], "mini_batch_size": c[1]} for c in configs}
+    for method, b in configs if not args.no_memory else []:
         cmd = [sys.executable, __file__, "--worker", "1", "--model-path", args.model_path, "--method", method]
         cmd += ["--mini-batch-size", str(b), "--batch-size", str(args.batch_size), "--device", args.device]
         cmd += ["--repeats", "1", "--max-seq-length", str(args.max_seq_length), "--threads", str(args.threads)]
@@ -232,26 +244,38 @@ def main() -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             sys.exit(f"{method} b={b} failed:\n{done.stderr[-3000:]}")
-        results[(method, b)] = {"method": method, "mini_batch_size": b}
         results[(method, b)].update(json.loads(done.stdout.strip().splitlines()[-1]))
+    # On CPU with one thread, process CPU time is the cost measure: other jobs on a shared machine stretch
+    # wall time but not it. On CUDA (or several CPU threads, which spin) wall time is.
+    use_cpu = args.device == "cpu" and (args.threads or torch.get_num_threads()) == 1
     for config, times in timing_worker(args, configs).items():
-        results[config].update({"median_s": statistics.median(times), "times_s": times})
+        wall, cpu = [t[0] for t in times], [t[1] for t in times]
+        results[config].update(
+            {"median_s": statistics.median(wall), "median_cpu_s": statistics.median(cpu), "wall_s": wall, "cpu_s": cpu}
+        )
+        results[config]["cost"] = cpu if use_cpu else wall
     plain = results[("plain", args.batch_size)]
     for (method, b), r in results.items():
-        r["vs_plain"] = r["median_s"] / plain["median_s"]
+        r["vs_plain"] = paired_ratio(r["cost"], plain["cost"])
         st = results.get(("st-cached", b))
-        r["vs_st_cached"] = r["median_s"] / st["median_s"] if st and method == "simtool" else None
+        r["vs_st_cached"] = paired_ratio(r["cost"], st["cost"]) if st and method == "simtool" else None
         r["sentences_per_s"] = args.batch_size / r["median_s"]
+        r["cost_measure"] = "process CPU time" if use_cpu else "wall time"
+    for r in results.values():
+        r.pop("cost")
         if args.json:
             print(json.dumps({"device": args.device, "batch_size": args.batch_size, **r}))
     if args.json:
         return
-    print(f"{'method':<12}{'b':>6}{'median s':>10}{'sent/s':>9}{'peak MiB':>10}{'x plain':>9}{'x st':>7}")
+    print(f"ratios: medians of per-round ratios of {'process CPU' if use_cpu else 'wall'} time")
+    head = f"{'method':<12}{'b':>6}{'wall s':>9}{'cpu s':>9}{'sent/s':>9}{'peak MiB':>10}{'x plain':>9}{'x st':>7}"
+    print(head)
     for (method, b), r in results.items():
         vs_st = f"{r['vs_st_cached']:.2f}" if r["vs_st_cached"] is not None else "-"
+        peak = f"{r['peak_mib']:.1f}" if "peak_mib" in r else "-"
         print(
-            f"{method:<12}{b:>6}{r['median_s']:>10.3f}{r['sentences_per_s']:>9.1f}{r['peak_mib']:>10.1f}"
-            f"{r['vs_plain']:>9.2f}{vs_st:>7}"
+            f"{method:<12}{b:>6}{r['median_s']:>9.2f}{r['median_cpu_s']:>9.2f}{r['sentences_per_s']:>9.1f}"
+            f"{peak:>10}{r['vs_plain']:>9.2f}{vs_st:>7}"
         )
 
 
