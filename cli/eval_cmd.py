@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from simtool.cli.common import BatchSize, Json, Model, Pooling, emit
+
 eval_app = typer.Typer(
     help="Score an encoder on STS and retrieval datasets, exactly as MTEB scores them.", no_args_is_help=True
 )
 
-Model = Annotated[
-    str | None,
-    typer.Option("--model", help="Model: local directory or cached hub name [default: all-MiniLM-L6-v2]."),
-]
-Pooling = Annotated[
-    str | None,
-    typer.Option("--pooling", help="cls, mean, max, last-avg or first-last-avg [default: the model's]."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON objects, one per line (quiet, for scripts).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per encoder forward pass.")]
-
 _METRIC_LABELS = {"cosine": "cosine", "euclidean": "euclidean", "manhattan": "manhattan", "dot": "dot"}
-
-
-def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _warn(message: str) -> None:
@@ -88,7 +74,7 @@ def eval_sts(
     encoder = load_encoder(model, pooling)
     result = evaluate_sts_data(encoder, data, batch_size=batch_size, progress=not json_out)
     if json_out:
-        _emit(result.to_json())
+        emit(result.to_json())
     else:
         _print_sts(result)
 
@@ -175,7 +161,7 @@ def eval_retrieval(
         progress=not json_out,
     )
     if json_out:
-        _emit(result.to_json())
+        emit(result.to_json())
     else:
         _print_retrieval(result)
         _missing_warnings(result)
@@ -235,7 +221,7 @@ def eval_suite(
     md, js = report.write(output_dir or default_output_dir(name))
     if json_out:
         for result in report.results:
-            _emit(report.result_json(result))
+            emit(report.result_json(result))
     else:
         typer.echo("")
         typer.echo(report.to_markdown())
