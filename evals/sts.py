@@ -32,8 +32,6 @@ Every file may be gzipped and may start with a UTF-8 BOM. Bad input raises
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from simtool.corpus import iter_lines
+from simtool.corpus import iter_json_objects, iter_lines, iter_table_rows
 from simtool.errors import SimtoolError
 
 from .metrics import sts_scores
@@ -440,40 +438,20 @@ def _read_cn(path: Path, split: str | None) -> StsData:
 def _pairs_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = Path(_strip_gz(path.name)).suffix.lower()
     if suffix in (".jsonl", ".json"):
-        for lineno, line in iter_lines(path):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StsFormatError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise StsFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+        yield from iter_json_objects(path)
         return
     if suffix not in (".csv", ".tsv"):
         raise StsFormatError(f"{path}: pairs files must be .csv, .tsv or .jsonl (optionally .gz)")
-    current = [0]
-
-    def lines() -> Iterator[str]:
-        for lineno, line in iter_lines(path):
-            current[0] = lineno
-            yield line
-
-    # TSV: no quoting (sentences carry quote characters); CSV: standard quoting.
-    reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv" else csv.reader(lines())
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) < len(header):
-                raise StsFormatError(f"{path}:{current[0]}: expected {len(header)} fields, got {len(row)}")
-            yield current[0], dict(zip(header, row, strict=False))
-    except csv.Error as e:
-        raise StsFormatError(f"{path}:{current[0]}: malformed row ({e})") from None
+    rows = iter_table_rows(path, "\t" if suffix == ".tsv" else ",")
+    header = next(rows, (1, None))[1]
+    if header is None:
+        return
+    for lineno, row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            raise StsFormatError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
+        yield lineno, dict(zip(header, row, strict=False))
 
 
 def _read_pairs(path: Path, split: str | None, columns: PairColumns) -> StsData:

@@ -113,10 +113,8 @@ def _read_txt(path: Path, **_: Any) -> Iterator[tuple[int, Document]]:
             yield lineno, Document(id=str(lineno), text=line)
 
 
-def _read_jsonl(
-    path: Path, *, text_field: str | None, id_field: str | None, title_field: str | None, **_: Any
-) -> Iterator[tuple[int, Document]]:
-    text_key, title_key = text_field or "text", title_field or "title"
+def iter_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, object)`` for each non-blank line of a JSONL file; anything but a JSON object is an error."""
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
@@ -126,49 +124,58 @@ def _read_jsonl(
             raise CorpusError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def iter_table_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line, fields)`` for each row of a CSV (``","``) or TSV (``"\t"``) file, the header included.
+
+    CSV follows standard quoting, so a quoted field may span lines (its last line is reported).
+    TSV is read without quoting, as TSV data is written: quote characters are plain text.
+    """
+    current = 0
+
+    def physical_lines() -> Iterator[str]:
+        nonlocal current
+        for current, line in iter_lines(path):  # noqa: B007 - the loop variable is the reported line
+            yield line + "\n"  # keeps newlines inside quoted CSV fields
+
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(physical_lines(), delimiter=delimiter, quoting=quoting)
+    try:
+        for row in reader:
+            yield current, row
+    except csv.Error as e:
+        raise CorpusError(f"{path}:{current}: malformed row ({e})") from None
+
+
+def _read_jsonl(
+    path: Path, *, text_field: str | None, id_field: str | None, title_field: str | None, **_: Any
+) -> Iterator[tuple[int, Document]]:
+    text_key, title_key = text_field or "text", title_field or "title"
+    for lineno, obj in iter_json_objects(path):
         yield lineno, _document(path, lineno, obj, text_key, id_field, title_key)
 
 
 def _read_table(
     path: Path, *, fmt: str, text_field: str | None, id_field: str | None, title_field: str | None
 ) -> Iterator[tuple[int, Document]]:
-    lines = iter_lines(path)
-    # csv needs an iterable of strings; keep the physical line number for messages, and the
-    # newline so that quoted fields spanning lines keep it.
-    current = [0]
-
-    def rows() -> Iterator[str]:
-        for lineno, line in lines:
-            current[0] = lineno
-            yield line + "\n"
-
-    reader = csv.reader(rows(), delimiter="\t" if fmt == "tsv" else ",")
-    try:
-        header = next(reader)
-    except StopIteration:
+    rows = iter_table_rows(path, "\t" if fmt == "tsv" else ",")
+    header = next(rows, (1, None))[1]
+    if header is None:
         return
-    except csv.Error as e:
-        raise CorpusError(f"{path}:1: malformed header ({e})") from None
     text_key = text_field or "text"
     if text_key not in header:
         hint = "" if text_field else "; pass --text-column"
         raise CorpusError(f"{path}:1: no column {text_key!r} in header {header}{hint}")
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise CorpusError(f"{path}:{current[0]}: malformed row ({e})") from None
+    for lineno, row in rows:
         if not row:
             continue
         if len(row) != len(header):
-            raise CorpusError(f"{path}:{current[0]}: expected {len(header)} fields, got {len(row)}")
+            raise CorpusError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
         yield (
-            current[0],
-            _document(
-                path, current[0], dict(zip(header, row, strict=True)), text_key, id_field, title_field or "title"
-            ),
+            lineno,
+            _document(path, lineno, dict(zip(header, row, strict=True)), text_key, id_field, title_field or "title"),
         )
 
 
