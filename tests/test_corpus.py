@@ -93,3 +93,10 @@ def test_missing_and_empty(tmp_path: Path) -> None:
         scan_corpus(tmp_path / "empty.txt")
     with pytest.raises(CorpusError, match="is a directory"):
         scan_corpus(tmp_path)
+
+
+def test_tsv_quotes_are_plain_text(tmp_path: Path) -> None:
+    p = tmp_path / "c.tsv"
+    p.write_text('id\ttext\n1\t"Hello," she said\n2\tplain\n')
+    docs = list(read_documents(p))
+    assert [d.text for d in docs] == ['"Hello," she said', "plain"]
