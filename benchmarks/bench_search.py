@@ -364,7 +364,7 @@ def print_size(res: dict[str, Any], batch: int) -> None:
         mb = "-" if r["bytes"] is None else f"{r['bytes'] / 2**20:.0f}"
         print(
             f"{r['config']:<36} {r['build_s']:>8.1f} {mb:>8} {r['recall_at_10']:>9.4f} "
-            f"{r['qps_batch1']:>9.0f} {r[bn]:>10.0f} {r[bn] / flat[bn]:>7.1f}"
+            f"{r['qps_batch1']:>9.1f} {r[bn]:>10.1f} {r[bn] / flat[bn]:>7.1f}"
         )
     print(f"auto: {res['auto']['factory']} {res['auto']['params']}")
     if "torch_vs_flat" in res:
