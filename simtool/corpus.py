@@ -130,7 +130,7 @@ def iter_json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def iter_table_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     """``(line, fields)`` for each row of a CSV (``","``) or TSV (``"\t"``) file, the header included.
 
-    CSV follows standard quoting, so a quoted field may span lines (its last line is reported).
+    CSV follows standard quoting, strictly, so a quoted field may span lines (its last line is reported).
     TSV is read without quoting, as TSV data is written: quote characters are plain text.
     """
     current = 0
@@ -140,8 +140,10 @@ def iter_table_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]
         for current, line in iter_lines(path):  # noqa: B007 - the loop variable is the reported line
             yield line + "\n"  # keeps newlines inside quoted CSV fields
 
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(physical_lines(), delimiter=delimiter, quoting=quoting)
+    if delimiter == "\t":
+        reader = csv.reader(physical_lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:  # strict: a stray quote is an error, not a silently merged field
+        reader = csv.reader(physical_lines(), delimiter=delimiter, strict=True)
     try:
         for row in reader:
             yield current, row

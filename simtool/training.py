@@ -27,7 +27,6 @@ Output directory layout::
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -48,7 +47,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from simtool.atomic import atomic_open, atomic_write_json, fsync_dir, fsync_tree, replace_dir, staging_dir_for
-from simtool.corpus import detect_format, iter_lines
+from simtool.corpus import detect_format, iter_json_objects, iter_lines, iter_table_rows
 from simtool.errors import CorpusError, SimtoolError
 
 RECIPES = ("simcse-unsup", "simcse-sup")
@@ -224,58 +223,29 @@ def training_columns(path: Path, recipe: str) -> tuple[str, ...]:
     return SUP_COLUMNS if "hard_neg" in names else SUP_COLUMNS[:2]
 
 
+def _delimiter(fmt: str) -> str:
+    return "\t" if fmt == "tsv" else ","
+
+
 def _first_record_keys(path: Path, fmt: str) -> list[str] | None:
     """The header (CSV/TSV) or the first object's keys (JSONL); None for an empty file."""
     if fmt == "jsonl":
-        for _, obj in _jsonl_records(path):
-            return list(obj)
-        return None
-    for _, header in _table_records(path, fmt, header_only=True):
-        return header
-    return None
+        return next((list(obj) for _, obj in iter_json_objects(path)), None)
+    return next((row for _, row in iter_table_rows(path, _delimiter(fmt))), None)
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for lineno, line in iter_lines(path):
-        if not line.strip():
+def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, {column: value})`` for the rows after the header; blank rows skipped."""
+    rows = iter_table_rows(path, _delimiter(fmt))
+    header = next(rows, (0, None))[1]
+    if header is None:
+        return
+    for lineno, row in rows:
+        if not any(cell.strip() for cell in row):
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
-
-
-def _table_records(path: Path, fmt: str, *, header_only: bool = False) -> Iterator[tuple[int, Any]]:
-    """CSV (standard quoting) or TSV (no quoting): first the header ``(1, list)``, then ``(line, dict)`` rows."""
-    current = [0]
-
-    def physical_lines() -> Iterator[str]:
-        for lineno, line in iter_lines(path):
-            current[0] = lineno
-            yield line + "\n"
-
-    if fmt == "tsv":
-        reader = csv.reader(physical_lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(physical_lines(), strict=True)
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        yield 1, header
-        if header_only:
-            return
-        for row in reader:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise CorpusError(f"{path}:{current[0]}: expected {len(header)} fields, got {len(row)}")
-            yield current[0], dict(zip(header, row, strict=True))
-    except csv.Error as e:
-        raise CorpusError(f"{path}:{current[0]}: malformed row ({e})") from None
+        if len(row) != len(header):
+            raise CorpusError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
+        yield lineno, dict(zip(header, row, strict=True))
 
 
 def read_training_rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[str, ...]]:
@@ -287,10 +257,8 @@ def read_training_rows(path: str | Path, columns: Sequence[str]) -> Iterator[tup
             if line.strip():
                 yield (line.strip(),)
         return
-    records = _jsonl_records(path) if fmt == "jsonl" else _table_records(path, fmt)
+    records = iter_json_objects(path) if fmt == "jsonl" else _table_records(path, fmt)
     for lineno, record in records:
-        if fmt != "jsonl" and lineno == 1 and isinstance(record, list):
-            continue  # the header
         row = []
         for name in columns:
             value = record.get(name)
