@@ -25,8 +25,10 @@ from simtool.training import (
     batches_without_duplicates,
     epoch_batches,
     list_checkpoints,
+    read_training_rows,
     scan_training_file,
     train,
+    training_columns,
 )
 
 
@@ -111,6 +113,9 @@ def test_readers_stream_txt_gz_and_jsonl_and_epochs_are_reproducible(tmp_path: P
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text("".join(json.dumps({"sent0": a, "sent1": b}) + "\n" for a, b in itertools.pairwise(lines)))
     assert scan_training_file(jsonl, "simcse-sup") == (("sent0", "sent1"), 29)
+    tsv = tmp_path / "t.tsv"  # TSV is read without quoting: a lone quote is text
+    tsv.write_text('sent0\tsent1\thard_neg\nhe said "hi\tshe left\tnobody\n')
+    assert list(read_training_rows(tsv, training_columns(tsv, "simcse-sup"))) == [('he said "hi', "she left", "nobody")]
 
     def epoch(e: int) -> list:
         return list(epoch_batches(gz, ("text",), 8, seed=5, epoch=e, shuffle_buffer=10))
