@@ -44,32 +44,38 @@ def default_memory_budget() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+HNSW_BYTES_PER_VECTOR = 32 * 2 * 4 + 16  # HNSW32 level-0 links (int32) plus upper levels, amortised
+
+
 def choose_factory(n: int, dim: int, memory_budget: int | None = None) -> str:
     """The ``--factory auto`` rule.
 
     - ``n < 100k``: ``Flat``, exact; brute force is a few ms per query at that size.
-    - otherwise ``IVF{nlist},Flat`` with ``nlist`` = 4·√n rounded to a power of two
-      (1M → 4096), trained on a sample, when the raw vectors (n·d·4 bytes) fit in the budget;
-    - else ``IVF{nlist},PQ{m}`` with ``m`` the largest divisor of d ≤ d/4 (16× smaller codes).
-
-    IVF rather than HNSW: it trains and adds in minutes on few cores and carries no graph
-    overhead; ``HNSW32,Flat`` is one ``--factory`` away when query latency matters more.
+    - otherwise ``HNSW32,Flat`` when the vectors and the graph (n·(4d + 272)·1.1 bytes) fit in
+      the budget: on 1M real-embedding-like vectors it kept recall@10 0.98 at 35x the QPS
+      of Flat (benchmarks/bench_search.py), where IVF needed nprobe 128 for 0.96 at 6.6x;
+    - else ``IVF{nlist},PQ{m}``, ``nlist`` = 4·√n rounded to a power of two (1M → 4096), trained
+      on a sample, ``m`` the largest divisor of d ≤ d/4 (codes 16x smaller than float32).
     """
     if n < FLAT_MAX_N:
         return "Flat"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
     budget = default_memory_budget() if memory_budget is None else memory_budget
-    if n * dim * 4 * 1.1 <= budget:
-        return f"IVF{nlist},Flat"
+    if n * (dim * 4 + HNSW_BYTES_PER_VECTOR) * 1.1 <= budget:
+        return "HNSW32,Flat"
+    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
     m = max(d for d in range(1, dim // 4 + 1) if dim % d == 0)
     return f"IVF{nlist},PQ{m}"
 
 
 def default_search_params(factory: str) -> dict[str, int]:
-    """nprobe = nlist/64 (≥ 8) for IVF; efSearch = 64 for HNSW (faiss's 16 loses recall)."""
+    """nprobe = nlist/32 (≥ 8) for IVF; efSearch = 64 for HNSW (faiss's 16 loses recall).
+
+    Measured on real caption embeddings: IVF1024 nprobe 32 → recall@10 0.962 at 100k;
+    HNSW32 efSearch 64 → 0.982 at 1M.
+    """
     params: dict[str, int] = {}
     if m := re.search(r"IVF(\d+)", factory):
-        params["nprobe"] = max(8, int(m.group(1)) // 64)
+        params["nprobe"] = max(8, int(m.group(1)) // 32)
     if "HNSW" in factory:
         params["efSearch"] = 64
     return params

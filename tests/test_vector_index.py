@@ -62,14 +62,15 @@ def test_ivf_trains_on_a_sample_and_honours_nprobe() -> None:
 def test_auto_factory_rule() -> None:
     gib = 2**30
     assert vi.choose_factory(99_999, 384, 64 * gib) == "Flat"
-    assert vi.choose_factory(1_000_000, 384, 64 * gib) == "IVF4096,Flat"  # 4*sqrt(1e6) = 4000 -> 4096
-    assert vi.choose_factory(200_000, 384, 64 * gib) == "IVF2048,Flat"  # 4*sqrt(2e5) = 1789 -> 2048
-    assert vi.choose_factory(1_000_000, 384, gib) == "IVF4096,PQ96"  # 1.5 GB of vectors do not fit in 1 GiB
+    assert vi.choose_factory(1_000_000, 384, 64 * gib) == "HNSW32,Flat"
+    # 1M x 384 needs 1M * (1536 + 272) * 1.1 = 1.99e9 bytes: just over a 1.8 GiB budget
+    assert vi.choose_factory(1_000_000, 384, int(1.8 * gib)) == "IVF4096,PQ96"  # 4*sqrt(1e6) = 4000 -> 4096
+    assert vi.choose_factory(200_000, 384, gib // 8) == "IVF2048,PQ96"  # 4*sqrt(2e5) = 1789 -> 2048
     assert vi.choose_factory(1_000_000, 100, gib // 4) == "IVF4096,PQ25"
-    assert vi.default_search_params("IVF4096,Flat") == {"nprobe": 64}
-    assert vi.default_search_params("IVF256,Flat") == {"nprobe": 8}
+    assert vi.default_search_params("IVF4096,PQ96") == {"nprobe": 128}
+    assert vi.default_search_params("IVF128,Flat") == {"nprobe": 8}
     assert vi.default_search_params("HNSW32,Flat") == {"efSearch": 64}
-    for factory in ("IVF4096,Flat", "IVF4096,PQ96", "HNSW32,Flat", "Flat"):
+    for factory in ("IVF4096,PQ96", "HNSW32,Flat", "Flat"):
         vi.new_faiss_index(factory, 384, "ip")  # every rule output is a valid factory string
 
 
