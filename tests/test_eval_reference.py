@@ -13,26 +13,15 @@ from typing import Any
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from simtool.cli import main
 from simtool.encoder import load_encoder
 from simtool.evals.retrieval import evaluate_retrieval
 from simtool.evals.sts import EvalResult, evaluate_sts
+from tests.conftest import run_cli as run
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 
 STS_KEYS = ("cosine_spearman", "cosine_pearson", "euclidean_spearman", "manhattan_spearman", "manhattan_pearson")
 RETRIEVAL_KEYS = ("ndcg_at_1", "ndcg_at_10", "ndcg_at_100", "map_at_10", "recall_at_10", "precision_at_10", "mrr_at_10")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def reference(shared: Path, task: str, split: str = "test") -> dict[str, Any]:

@@ -11,24 +11,13 @@ import pytest
 import pytrec_eval
 from sentence_transformers import SentenceTransformer
 
-from simtool.cli import main
 from simtool.encoder import load_encoder
 from simtool.errors import SimtoolError
 from simtool.evals.retrieval import evaluate_retrieval
 from tests.conftest import WORDS, write_jsonl
+from tests.conftest import run_cli as run
 
 N_DOCS, N_QUERIES, TOP_K = 60, 20, 20
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

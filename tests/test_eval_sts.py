@@ -12,21 +12,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sklearn.metrics.pairwise import paired_cosine_distances
 
-from simtool.cli import main
 from simtool.encoder import load_encoder
 from simtool.evals.sts import EvalResult, encode_pairs, evaluate_sts, load_sts
 from tests.conftest import WORDS
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from simtool.cli import main
 from simtool.errors import SimtoolError
 from simtool.evals.suites import load_reference, reference_score, run_suite, suite_tasks
 from tests.conftest import WORDS, shared_data_dir, write_jsonl
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli as run
 
 
 def _sentence(rng: random.Random) -> str:

@@ -15,7 +15,6 @@ import torch
 from conftest import WORDS
 from safetensors.torch import load_file
 
-from simtool.cli import main
 from simtool.errors import SimtoolError
 from simtool.training import (
     NonFiniteLossError,
@@ -30,6 +29,7 @@ from simtool.training import (
     train,
     training_columns,
 )
+from tests.conftest import run_cli as run
 
 
 @pytest.fixture(autouse=True)
@@ -193,17 +193,6 @@ def test_evaluation_keeps_the_best_checkpoint_as_the_final_model(tmp_path: Path,
 
 
 # --------------------------------------------------------------------------- the command
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_command_sup_json_and_the_model_loads_with_plain_sentence_transformers(
