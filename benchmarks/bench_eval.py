@@ -67,7 +67,8 @@ def main() -> None:
             print(f"{key:26s} {value}")
         print(
             f"goal: ratio <= 1.0 -> {'met' if result['ratio_simtool_over_st'] <= 1 else 'NOT met'}; "
-            f"scores {'identical' if abs(scores['simtool'] - scores['st']) < 1e-6 else 'DIFFER'}"
+            # float32 similarities summed in another order differ in the 6th decimal
+            f"scores {'equal to 4 decimals' if abs(scores['simtool'] - scores['st']) < 1e-4 else 'DIFFER'}"
         )
 
 
