@@ -635,11 +635,12 @@ class _Run:
         if self.dtype == torch.float16 and self.device.type != "cuda":
             raise SimtoolError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.model = load_encoder(
-            checkpoint or config.model,
-            pooling=None if checkpoint else config.pooling,
-            device=str(self.device),
-            max_seq_length=config.max_seq_length,
+            checkpoint or config.model, pooling=None if checkpoint else config.pooling, device=str(self.device)
         )
+        # --max-seq-length truncates training batches only (SimCSE trains on 32 tokens); evaluation and
+        # every saved model keep the model's own limit, so the published model reads whole documents.
+        self.model_max_seq_length = self.model.max_seq_length
+        self.model.max_seq_length = config.max_seq_length
         if config.dropout is not None:
             set_dropout(self.model, config.dropout)
         self.model.train()
@@ -672,7 +673,7 @@ class _Run:
             self._restore(state)
         else:
             if self.rank == 0 and evaluate is not None:
-                self.baseline = _evaluate(evaluate, self.model)
+                self.baseline = self._evaluate(evaluate)
             # Seeded right before the first step, so the RNG stream depends on nothing before it (model
             # loading may draw numbers) and a resumed run continues the very same stream.
             torch.manual_seed(config.seed + self.rank)
@@ -812,6 +813,30 @@ class _Run:
         seconds = round(time.perf_counter() - t0, 4)
         self.log_entry = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "s": seconds}
 
+    @contextlib.contextmanager
+    def _as_published(self) -> Iterator[SentenceTransformer]:
+        """The model with its own sequence limit (not the training one), as it is saved and evaluated."""
+        self.model.max_seq_length = self.model_max_seq_length
+        try:
+            yield self.model
+        finally:
+            self.model.max_seq_length = self.config.max_seq_length
+
+    def _save_model(self, target: Path, extra: dict[str, Any]) -> None:
+        with self._as_published() as model:
+            _save_model_dir(model, target, extra)
+
+    def _evaluate(self, evaluate: Callable[[SentenceTransformer], float]) -> float:
+        """Score the model in eval mode without disturbing the training RNG stream."""
+        cuda = [p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"][:1]
+        with self._as_published() as model:
+            model.eval()
+            try:
+                with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                    return float(evaluate(model))
+            finally:
+                model.train()
+
     def _save_checkpoint(self, rng: dict[str, Any]) -> None:
         """``checkpoints/step-N``: model + optimizer, scheduler, every process's RNG, data position."""
         rngs = _gather_objects(rng, self.world)
@@ -834,7 +859,7 @@ class _Run:
             }
             summary = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss}
             target = checkpoints_dir(self.output) / f"step-{self.step:08d}"
-            _save_model_dir(self.model, target, {STATE_FILE: state, "trainer_state.json": summary})
+            self._save_model(target, {STATE_FILE: state, "trainer_state.json": summary})
             for _, old in list_checkpoints(self.output)[: -self.config.save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
         self.last_saved = self.step
@@ -843,12 +868,12 @@ class _Run:
     def _evaluate_and_keep_best(self) -> None:
         if self.evaluate is None or self.rank != 0:
             return
-        score = _evaluate(self.evaluate, self.model)
+        score = self._evaluate(self.evaluate)
         self.evals.append({"step": self.step, "score": score})
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_step = score, self.step
             best = {"best.json": {"step": self.step, "score": score}}
-            _save_model_dir(self.model, checkpoints_dir(self.output) / "best", best)
+            self._save_model(checkpoints_dir(self.output) / "best", best)
         if self.progress:
             print(
                 f"step {self.step}: eval {score:.2f} (best {self.best_score:.2f} at step {self.best_step})",
@@ -879,18 +904,6 @@ class _Run:
             )
         _barrier(self.world)
         return result
-
-
-def _evaluate(evaluate: Callable[[SentenceTransformer], float], model: SentenceTransformer) -> float:
-    """Score ``model`` in eval mode without disturbing the training RNG stream."""
-    was_training = model.training
-    model.eval()
-    cuda = [p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"][:1]
-    try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            return float(evaluate(model))
-    finally:
-        model.train(was_training)
 
 
 def _gather_objects(obj: Any, world: int) -> list[Any]:

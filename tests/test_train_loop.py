@@ -219,6 +219,8 @@ def test_train_command_sup_json_and_the_model_loads_with_plain_sentence_transfor
     loaded = SentenceTransformer(str(out), device="cpu")
     vectors = loaded.encode(["the cat", "a dog"])
     assert vectors.shape == (2, 32)
+    # --max-seq-length (default 32) truncates training batches; the published model keeps its own limit.
+    assert loaded.max_seq_length == SentenceTransformer(str(tiny_bert), device="cpu").max_seq_length == 64
     saved = json.loads((out / "training_summary.json").read_text())
     assert saved["config"]["margin"] == 0.2 and saved["config"]["recipe"] == "simcse-sup"
     # `simtool eval` scores the published model exactly as the best evaluation during training did.
