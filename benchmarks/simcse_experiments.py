@@ -28,6 +28,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from simtool.encoder import load_encoder
 from simtool.evals.sts import evaluate_sts
 from simtool.training import TrainConfig, train
 
@@ -82,6 +83,11 @@ EXPERIMENTS = {
             "lr5e-5-bojone": {"lr": 5e-5, **BOJONE},
             "plain-2ep-len32": {"epochs": 2, "max_seq_length": 32},
             "lr5e-5-bojone-2ep": {"lr": 5e-5, "epochs": 2, **BOJONE},
+            "lr5e-5-bojone-cls": {"lr": 5e-5, "pooling": "cls", **BOJONE},
+            "plain-3ep-len32": {"epochs": 3, "max_seq_length": 32},
+            "lr5e-5-2ep-len32": {"lr": 5e-5, "epochs": 2, "max_seq_length": 32},
+            "dropout0.05-2ep-len32": {"dropout": 0.05, "epochs": 2, "max_seq_length": 32},
+            "lr5e-5-bojone-margin0.1": {"lr": 5e-5, "margin": 0.1, **BOJONE},
         },
         data=zh_sentences,
         select=("STS-B valid", "chinese_sts/STS-B", "valid"),
@@ -116,8 +122,10 @@ EXPERIMENTS = {
 }
 
 
-def score(model: str | None, root: Path, tasks: list[Task]) -> dict[str, float]:
-    """Cosine Spearman ×100 per task label."""
+def score(model_dir: Path | None, root: Path, tasks: list[Task]) -> dict[str, float]:
+    """Cosine Spearman ×100 per task label, reading up to the base model's 256 tokens (runs made before
+    simtool restored the model's own limit on save carry their training --max-seq-length)."""
+    model = load_encoder(model_dir, device="cpu", max_seq_length=256)
     return {label: round(evaluate_sts(model, root / path, split=split).main_score, 2) for label, path, split in tasks}
 
 
@@ -134,7 +142,7 @@ def run(exp: Experiment, name: str, root: Path, work: Path, all_tasks: bool) -> 
     scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
     missing = [t for t in exp.scored + (exp.extra if all_tasks else []) if t[0] not in scores]
     if missing:
-        scores.update(score(str(output), root, missing))
+        scores.update(score(output, root, missing))
         scores_file.write_text(json.dumps(scores, indent=2) + "\n")
     return {"settings": settings, "best_step": summary["best_step"], "steps": summary["steps"], "scores": scores}
 
@@ -148,7 +156,8 @@ def report(exp: Experiment, results: dict[str, Any]) -> str:
         f"| all-MiniLM-L6-v2 | (no training) | {' | '.join(f'{base[c]:.2f}' for c in columns)} |",
     ]
     for name, r in results["runs"].items():
-        changes = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if exp.base.get(k) != v) or "-"
+        changed = {k: v for k, v in r["settings"].items() if exp.base.get(k) != v and k != "eval_steps"}
+        changes = ", ".join(f"{k}={v}" for k, v in changed.items()) or "-"
         cells = [f"{r['scores'][c]:.2f}" if c in r["scores"] else "" for c in columns]
         rows.append(f"| {name} (best step {r['best_step']}/{r['steps']}) | {changes} | {' | '.join(cells)} |")
     settings = ", ".join(f"{k}={v}" for k, v in exp.base.items())
@@ -178,8 +187,11 @@ def main() -> None:
 
     results_file = args.out / f"simcse_{args.experiment}.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {"runs": {}}
-    if "baseline" not in results:
-        results["baseline"] = score(None, args.data_root, exp.scored + exp.extra)
+    baseline_file = args.work / "baseline.json"
+    if not baseline_file.exists():
+        args.work.mkdir(parents=True, exist_ok=True)
+        baseline_file.write_text(json.dumps(score(None, args.data_root, exp.scored + exp.extra), indent=2) + "\n")
+    results["baseline"] = json.loads(baseline_file.read_text())
     for name in args.only or exp.grid:
         results["runs"][name] = run(exp, name, args.data_root, args.work, args.all_tasks)
     text = report(exp, results)
