@@ -91,6 +91,7 @@ EXPERIMENTS = {
             "margin0.1-2ep-len32": {"margin": 0.1, "epochs": 2, "max_seq_length": 32},
             "margin0.2-2ep-len32": {"margin": 0.2, "epochs": 2, "max_seq_length": 32},
             "margin0.3-2ep-len32": {"margin": 0.3, "epochs": 2, "max_seq_length": 32},
+            "margin0.4-2ep-len32": {"margin": 0.4, "epochs": 2, "max_seq_length": 32},
         },
         data=zh_sentences,
         select=("STS-B valid", "chinese_sts/STS-B", "valid"),
