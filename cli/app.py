@@ -39,12 +39,11 @@ app.command()(dims)
 
 
 def _quiet_libraries() -> None:
+    # Environment switches rather than calls, so that start-up (and --help) imports no transformers.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths; never wait on the hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' own tqdm follows this switch
 
 
 def main(argv: list[str] | None = None) -> None:

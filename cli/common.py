@@ -11,21 +11,21 @@ import typer
 
 IndexDir = Annotated[
     Path | None,
-    typer.Option("--index-dir", help="Index directory [default: $SIMTOOL_HOME/index, SIMTOOL_HOME=~/.simtool]."),
+    typer.Option("--index-dir", help="Index directory \\[default: $SIMTOOL_HOME/index, SIMTOOL_HOME=~/.simtool]."),
 ]
 Model = Annotated[
     str | None,
-    typer.Option("--model", help="Model: local directory or cached hub name [default: all-MiniLM-L6-v2]."),
+    typer.Option("--model", help="Model: local directory or cached hub name \\[default: all-MiniLM-L6-v2]."),
 ]
 Pooling = Annotated[
     str | None,
-    typer.Option("--pooling", help="cls, mean, max, last-avg or first-last-avg [default: the model's]."),
+    typer.Option("--pooling", help="cls, mean, max, last-avg or first-last-avg \\[default: the model's]."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object (quiet, for scripts).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per encoder forward pass.")]
-TextColumn = Annotated[str | None, typer.Option("--text-column", help="Field holding the text [default: text].")]
-IdColumn = Annotated[str | None, typer.Option("--id-column", help="Field holding the id [default: _id or id].")]
-TitleColumn = Annotated[str | None, typer.Option("--title-column", help="Field holding the title [default: title].")]
+TextColumn = Annotated[str | None, typer.Option("--text-column", help="Field holding the text \\[default: text].")]
+IdColumn = Annotated[str | None, typer.Option("--id-column", help="Field holding the id \\[default: _id or id].")]
+TitleColumn = Annotated[str | None, typer.Option("--title-column", help="Field holding the title \\[default: title].")]
 
 
 def emit(obj: Any) -> None:

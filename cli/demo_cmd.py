@@ -12,7 +12,7 @@ from simtool.cli.common import Json, emit, print_hits
 
 def demo(
     query: Annotated[str, typer.Option("--query", help="The sample query.")] = "how do I handle an exception",
-    index_dir: Annotated[Path | None, typer.Option("--index-dir", help="[default: $SIMTOOL_HOME/demo-index]")] = None,
+    index_dir: Annotated[Path | None, typer.Option("--index-dir", help="\\[default: $SIMTOOL_HOME/demo-index]")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k")] = 5,
     json_out: Json = False,
 ) -> None:

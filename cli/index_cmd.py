@@ -56,7 +56,7 @@ def index_build(
     batch_size: BatchSize = 64,
     max_seq_length: Annotated[int | None, typer.Option("--max-seq-length")] = None,
     memory_budget_gb: Annotated[
-        float | None, typer.Option("--memory-budget", help="GiB the index may use (auto factory) [default: RAM/2].")
+        float | None, typer.Option("--memory-budget", help="GiB the index may use (auto factory) \\[default: RAM/2].")
     ] = None,
     text_column: TextColumn = None,
     id_column: IdColumn = None,
