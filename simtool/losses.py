@@ -98,7 +98,12 @@ def contrastive_rows_loss(
     of ``range(n)`` this is the mean loss over the local rows: step 2 of the cache in row chunks.
     """
     lo, hi = offset + begin, offset + end
-    hyper: dict[str, Any] = {"offset": lo, "scale": scale, "margin": margin, "hard_negative_weight": hard_negative_weight}
+    hyper: dict[str, Any] = {
+        "offset": lo,
+        "scale": scale,
+        "margin": margin,
+        "hard_negative_weight": hard_negative_weight,
+    }
     extra: list[tuple[Tensor, str]] = []
     if all_negatives is not None:
         extra.append((all_negatives, "hard"))

@@ -647,6 +647,9 @@ class _Run:
         self.sentences += self.texts_per_step
         seconds = round(time.perf_counter() - t0, 4)
         self.log_entry = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "s": seconds}
+        parts = getattr(self.loss_fn, "last_parts", None)
+        if parts and len(parts) > 1:  # the named parts (this process's), when the loss has several
+            self.log_entry["parts"] = {k: round(v, 6) for k, v in parts.items()}
 
     @contextlib.contextmanager
     def _as_published(self) -> Iterator[SentenceTransformer]:
