@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from simtool.cli import data_cmd
 from simtool.cli.common import (
     BatchSize,
     IdColumn,
@@ -296,6 +297,7 @@ def demo(
 app.command()(whiten)
 app.command()(project)
 app.command()(dims)
+data_cmd.register(app)
 
 
 def _quiet_libraries() -> None:
