@@ -4,10 +4,11 @@ Pass 1 cuts the input into chunks that fit the memory budget, shuffles each chun
 and writes it to a temp file. Pass 2 interleaves the chunk files:
 
 - default ("rows"): rounds; each round takes the next line of every chunk, in a fresh random
-  order. A shorter chunk joins a round with probability (its remaining lines) / (the longest
-  chunk's remaining lines), the article's rejection step, so its lines are spread over the
-  whole output instead of landing at the start. Positions are close to uniform, but not every
-  permutation is reachable (two lines of one chunk are never both in the first round).
+  order. A shorter chunk joins a uniform random subset of the rounds (the article's rejection
+  step), so its lines are spread over the whole output instead of landing at the start. With
+  equal chunks every line's position is uniform; the short last chunk's lines stay slightly
+  rare at the very start and end. Not every permutation is reachable (two lines of one chunk
+  are never both in the first round).
 - ``exact``: every output line comes from chunk i with probability (remaining lines of i) /
   (all remaining lines), which makes the permutation uniform. Drawn in blocks: the labels of
   the next B outputs are a multivariate hypergeometric draw, shuffled.
@@ -42,7 +43,7 @@ from simtool.errors import SimtoolError
 log = logging.getLogger(__name__)
 
 LINE_OVERHEAD = 80  # bytes CPython spends per line held: bytes header 33, list slot 8, gather tuple 8, index 8...
-MIN_MEMORY = 1 << 12
+MIN_MEMORY = 128  # tiny budgets are for tests; real runs use MiBs
 
 Progress = Callable[[int], None]
 
