@@ -93,7 +93,9 @@ def read_rows(path: str | Path) -> RowFile:
     if name.endswith(".jsonl") or name.endswith(".json"):
         return _read_jsonl(path, raw)
     if name.endswith(".csv") or name.endswith(".tsv"):
-        return _read_table(path, raw, "\t" if name.endswith(".tsv") else ",")
+        # STS-B's official files are tab-separated despite their .csv names
+        tab = name.endswith(".tsv") or b"\t" in raw[0]
+        return _read_table(path, raw, "\t" if tab else ",")
     texts = [[_decode(path, i + 1, line)] for i, line in enumerate(raw)]
     return RowFile(path, None, raw, texts, "txt")
 
