@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,19 +114,22 @@ def main() -> None:
             "seconds": [round(s, 2) for s, _ in runs],
         }
     for mode in ("default", "exact"):
-        result[f"{mode}_time_ratio_vs_shuf"] = [round(a[0] / b[0], 2) for a, b in zip(rows[mode], rows["shuf"])]
-        result[f"{mode}_rss_ratio_vs_shuf"] = [round(a[1] / b[1], 3) for a, b in zip(rows[mode], rows["shuf"])]
+        result[f"{mode}_time_ratio_vs_shuf"] = [
+            round(a[0] / b[0], 2) for a, b in zip(rows[mode], rows["shuf"], strict=True)
+        ]
+        result[f"{mode}_rss_ratio_vs_shuf"] = [
+            round(a[1] / b[1], 3) for a, b in zip(rows[mode], rows["shuf"], strict=True)
+        ]
     if args.json:
         print(json.dumps(result))
         return
     print(result["data"], "| budget", args.memory)
     for name in rows:
-        r = result[name]
-        print(f"{name:8s} {r['seconds_median']:7.2f} s  peak RSS {r['peak_rss_mib_median']:8.1f} MiB  rounds {r['seconds']}")  # type: ignore[index]
+        r: Any = result[name]
+        print(f"{name:8s} {r['seconds_median']:7.2f} s  peak RSS {r['peak_rss_mib_median']:8.1f} MiB  {r['seconds']}")
     for mode in ("default", "exact"):
-        print(
-            f"{mode}: time / shuf {result[f'{mode}_time_ratio_vs_shuf']}, RSS / shuf {result[f'{mode}_rss_ratio_vs_shuf']}"
-        )
+        time_ratio, rss_ratio = result[f"{mode}_time_ratio_vs_shuf"], result[f"{mode}_rss_ratio_vs_shuf"]
+        print(f"{mode}: time / shuf {time_ratio}, RSS / shuf {rss_ratio}")
 
 
 if __name__ == "__main__":

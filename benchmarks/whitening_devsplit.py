@@ -36,7 +36,9 @@ def test_score(w: Whitening | None, t1: np.ndarray, t2: np.ndarray, gold: np.nda
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SIMTOOL_SHARED_DATA") or ROOT.parent / "shared/data"))
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("SIMTOOL_SHARED_DATA") or ROOT.parent / "shared/data")
+    )
     ap.add_argument("--dev-size", type=int, default=1500)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -116,7 +116,9 @@ def split(
     def embed(texts: list[str]) -> Any:
         return encode_texts(encoder, texts, batch_size=batch_size)
 
-    result = like_split(row_embeddings(train_rows, embed), row_embeddings(test_rows, embed), dev_size, folds=folds, seed=seed)
+    result = like_split(
+        row_embeddings(train_rows, embed), row_embeddings(test_rows, embed), dev_size, folds=folds, seed=seed
+    )
     dev_path, train_path = write_split(train_rows, result, output)
     info = {**result.to_json(), "dev": str(dev_path), "train": str(train_path), "layout": train_rows.layout}
     if json_out:

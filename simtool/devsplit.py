@@ -257,6 +257,8 @@ def split_like_files(
 ) -> tuple[DevSplit, RowFile]:
     """:func:`like_split` on two files, written by :func:`write_split`; ``embed`` maps texts to ``(n, d)``."""
     train_rows, test_rows = read_rows(train), read_rows(test)
-    result = like_split(row_embeddings(train_rows, embed), row_embeddings(test_rows, embed), dev_size, folds=folds, seed=seed)
+    result = like_split(
+        row_embeddings(train_rows, embed), row_embeddings(test_rows, embed), dev_size, folds=folds, seed=seed
+    )
     write_split(train_rows, result, output)
     return result, train_rows

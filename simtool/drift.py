@@ -1,4 +1,4 @@
-"""How far apart two embedding distributions are: closed forms between fitted Gaussians (techniques §7.3, kexue.fm/8512).
+"""How far apart two embedding distributions are: closed forms between fitted Gaussians (techniques §7.3).
 
 Each side is summarised by its streamed float64 mean and covariance
 (:class:`simtool.reduce.whitening.MeanCovariance`) and a small reservoir sample of rows

@@ -397,9 +397,7 @@ def shuffle_files(
                         bar2.total = report.lines
                     bar2.update(n)
 
-                blocks = _shuffle_blocks(
-                    batches, memory=budget, seed=seed, exact=exact, tmp_dir=tmp_dir, report=report
-                )
+                blocks = _shuffle_blocks(batches, memory=budget, seed=seed, exact=exact, tmp_dir=tmp_dir, report=report)
                 for block in blocks:
                     sink.writelines(block)
                     lines_done(len(block))

@@ -89,7 +89,9 @@ def test_csv_header_jsonl_and_gzip_keep_their_format(tmp_path: Path) -> None:
     assert rows.header == b"sent0,sent1,hard_neg\n" and rows.texts[0] == ["the, a", "the b", "the c"]
     jl = tmp_path / "corpus.jsonl.gz"
     with gzip.open(jl, "wt") as f:
-        f.writelines(json.dumps({"_id": str(i), "title": w, "text": f"{w} text"}) + "\n" for i, w in enumerate(WORDS[:30]))
+        f.writelines(
+            json.dumps({"_id": str(i), "title": w, "text": f"{w} text"}) + "\n" for i, w in enumerate(WORDS[:30])
+        )
     jrows = read_rows(jl)
     assert jrows.layout == "jsonl:title,text" and len(jrows) == 30
     emb = row_embeddings(rows, _embed)
@@ -127,12 +129,25 @@ def test_cli_with_a_tiny_model(tmp_path: Path, tiny_st: Path, capsys: pytest.Cap
     train, test = tmp_path / "train.txt", tmp_path / "test.txt"
     train.write_text("".join(f"{WORDS[i % 30]} {WORDS[(i * 7) % 30]}\n" for i in range(60)))
     test.write_text("".join(f"{WORDS[84 + i % 15]} code\n" for i in range(20)))
-    args = ["split", str(train), "--like", str(test), "--dev-size", "6", "-o", str(tmp_path / "out"), "--model", str(tiny_st)]
+    args = [
+        "split",
+        str(train),
+        "--like",
+        str(test),
+        "--dev-size",
+        "6",
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        str(tiny_st),
+    ]
     code, out, err = run_cli(capsys, *args, "--json")
     assert code == 0, err
     info = json.loads(out)
     assert info["dev_rows"] == 6 and "cross-validated" in info["auc_kind"]
-    got = sorted((tmp_path / "out/dev.txt").read_bytes().splitlines() + (tmp_path / "out/train.txt").read_bytes().splitlines())
+    got = sorted(
+        (tmp_path / "out/dev.txt").read_bytes().splitlines() + (tmp_path / "out/train.txt").read_bytes().splitlines()
+    )
     assert got == sorted(train.read_bytes().splitlines())
     code, out, err = run_cli(capsys, *args[:5], "600", *args[6:])
     assert code == 2 and "--dev-size must be between 1 and 59" in err and err.count("\n") == 1

@@ -36,7 +36,9 @@ def random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
 def test_kl_between_diagonal_gaussians_matches_the_sum_of_1d_kls() -> None:
     mp, vp = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.25, 4.0])
     mq, vq = np.array([0.0, 1.0, 1.5]), np.array([2.0, 1.0, 0.5])
-    expected = sum(0.5 * (math.log(b / a) + (a + (m1 - m2) ** 2) / b - 1) for m1, a, m2, b in zip(mp, vp, mq, vq))
+    expected = sum(
+        0.5 * (math.log(b / a) + (a + (m1 - m2) ** 2) / b - 1) for m1, a, m2, b in zip(mp, vp, mq, vq, strict=True)
+    )
     kl, why = kl_divergence(g(mp, np.diag(vp)), g(mq, np.diag(vq)))
     assert why is None and kl == pytest.approx(expected, rel=1e-12)
 
@@ -116,7 +118,9 @@ def test_shared_constant_dimension_is_dropped_not_fatal() -> None:
     kl, why = kl_divergence(sa, sb)
     ref = kl_divergence(GaussianStats.fit(a[:, :3]), GaussianStats.fit(b[:, :3]))[0]
     assert why is None and kl == pytest.approx(ref, rel=1e-8)
-    assert bhattacharyya(sa, sb)[0] == pytest.approx(bhattacharyya(GaussianStats.fit(a[:, :3]), GaussianStats.fit(b[:, :3]))[0])
+    assert bhattacharyya(sa, sb)[0] == pytest.approx(
+        bhattacharyya(GaussianStats.fit(a[:, :3]), GaussianStats.fit(b[:, :3]))[0]
+    )
 
 
 def test_undefined_divergences_say_why() -> None:
@@ -181,6 +185,11 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty, junk = tmp_path / "e.npy", tmp_path / "j.npy"
     np.save(empty, np.zeros((0, 4), dtype=np.float32))
     junk.write_bytes(b"not numpy")
-    for other, message in ((bad, "different dimensions"), (empty, "non-empty"), (junk, "cannot read"), (tmp_path / "no.npy", "cannot read")):
+    for other, message in (
+        (bad, "different dimensions"),
+        (empty, "non-empty"),
+        (junk, "cannot read"),
+        (tmp_path / "no.npy", "cannot read"),
+    ):
         code, out, err = run_cli(capsys, "drift", str(a), str(other), "--vectors")
         assert code == 2 and message in err and err.count("\n") == 1, err

@@ -87,9 +87,7 @@ def test_exact_is_a_uniform_permutation_default_is_not() -> None:
     assert rep.chunk_lines == [2, 2]
     trials = 1200
     seen = {
-        exact: collections.Counter(
-            tuple(shuffle_lines(lines, memory=200, seed=s, exact=exact)) for s in range(trials)
-        )
+        exact: collections.Counter(tuple(shuffle_lines(lines, memory=200, seed=s, exact=exact)) for s in range(trials))
         for exact in (True, False)
     }
     perms = list(itertools.permutations(lines))
