@@ -83,8 +83,10 @@ def drift(
         f"Bhattacharyya   {_fmt(report['bhattacharyya'], report.get('bhattacharyya_undefined'))}",
         f"W2 (Frechet)    {report['w2']:.4f}",
         f"W2 to N(0,I)    A {report['w2_a_to_standard']:.4f}   B {report['w2_b_to_standard']:.4f}",
+        f"anisotropy      A {report['anisotropy_a']:.4f}   B {report['anisotropy_b']:.4f}   (0 = isotropic)",
         f"mean cosine     A {report['mean_cosine_a']:.4f}   B {report['mean_cosine_b']:.4f}   (random pairs)",
         f"whitened on A   W2 {w['w2']:.4f}; W2 to N(0,I) A {w['w2_a_to_standard']:.4f} B {w['w2_b_to_standard']:.4f}; "
+        f"anisotropy A {w['anisotropy_a']:.4f} B {w['anisotropy_b']:.4f}; "
         f"mean cosine A {w['mean_cosine_a']:.4f} B {w['mean_cosine_b']:.4f}",
         report["recommendation"],
     ]

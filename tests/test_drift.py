@@ -149,7 +149,17 @@ def test_whitening_closed_form_makes_a_standard() -> None:
     report = drift_report(s, GaussianStats.fit(rng.standard_normal((3000, 5))))
     assert report["whitened_on_a"]["w2_a_to_standard"] < 1e-6
     assert report["w2_a_to_standard"] > 1
+    assert report["whitened_on_a"]["anisotropy_a"] < 1e-6 < report["anisotropy_a"]
     assert "\n" not in report["recommendation"]
+
+
+def test_anisotropy_is_scale_free() -> None:
+    from simtool.drift import anisotropy
+
+    assert anisotropy(g([0, 0, 0], 5 * np.eye(3))) == pytest.approx(0.0, abs=1e-12)
+    spread = g([0, 0], np.diag([1.0, 0.0]))  # all variance in one of two directions: ‖(√2, 0) − 1‖ / √2
+    assert anisotropy(spread) == pytest.approx(math.sqrt(((math.sqrt(2) - 1) ** 2 + 1) / 2))
+    assert anisotropy(g([0, 0], np.diag([3.0, 0.0]))) == pytest.approx(anisotropy(spread))
 
 
 def test_mean_pair_cosine() -> None:
