@@ -151,3 +151,29 @@ def test_cli_with_a_tiny_model(tmp_path: Path, tiny_st: Path, capsys: pytest.Cap
     assert got == sorted(train.read_bytes().splitlines())
     code, out, err = run_cli(capsys, *args[:5], "600", *args[6:])
     assert code == 2 and "--dev-size must be between 1 and 59" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.timeout(300)
+def test_stsb_split_with_the_default_model(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real STS-B files (tab-separated .csv, bare quotes) and the default model: lines come back unchanged."""
+    src = shared_data / "stsb" / "original"
+    train, test = tmp_path / "sts-train.csv", tmp_path / "sts-test.csv"
+    train_lines = (src / "sts-train.csv").read_bytes().splitlines(keepends=True)
+    train.write_bytes(b"".join(train_lines[:100] + train_lines[3000:3100]))  # 100 captions, 100 news
+    test.write_bytes(b"".join((src / "sts-test.csv").read_bytes().splitlines(keepends=True)[-100:]))  # news
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        capsys, "split", str(train), "--like", str(test), "--dev-size", "30", "-o", str(out), "--json"
+    )
+    assert code == 0, err
+    info = json.loads(stdout)
+    assert info["layout"] == "stsb-original" and info["auc"] > 0.6
+    lines = train.read_bytes().splitlines(keepends=True)
+    dev, rest = (out / "dev.csv").read_bytes(), (out / "train.csv").read_bytes()
+    assert sorted(dev.splitlines(keepends=True) + rest.splitlines(keepends=True)) == sorted(lines)
+    assert len(dev.splitlines()) == 30
+    assert sum(line.startswith(b"main-news") for line in dev.splitlines()) >= 25  # the test-like half

@@ -203,3 +203,22 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ):
         code, out, err = run_cli(capsys, "drift", str(a), str(other), "--vectors")
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.timeout(120)
+def test_cli_encodes_corpus_files_with_the_model(
+    tmp_path: Path, tiny_st: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import WORDS
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("".join(f"{WORDS[i % 40]} {WORDS[(3 * i) % 40]} {WORDS[(7 * i) % 40]}\n" for i in range(200)))
+    b.write_text("".join(f"{WORDS[55 + i % 40]} {WORDS[55 + (5 * i) % 40]}\n" for i in range(150)))
+    code, out, err = run_cli(capsys, "drift", str(a), str(b), "--model", str(tiny_st), "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["n_a"] == 200 and got["n_b"] == 150 and got["dim"] == 32 and got["w2"] > 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, out, err = run_cli(capsys, "drift", str(a), str(empty), "--model", str(tiny_st))
+    assert code == 2 and err.count("\n") == 1 and "empty.txt" in err, err
