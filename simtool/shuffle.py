@@ -101,10 +101,16 @@ def _io_bytes(memory: int) -> int:
     return max(4096, min(1 << 20, memory // 16))
 
 
-def _batches_from_paths(paths: Sequence[Path], on_bytes: Progress | None, hint: int) -> Iterator[list[bytes]]:
+def _batches_from_paths(
+    paths: Sequence[Path], on_bytes: Progress | None, hint: int, headers: list[bytes] | None = None
+) -> Iterator[list[bytes]]:
+    """Batches of lines; with ``headers`` (a list to fill), each file's first line goes there instead."""
     for path in paths:
         f = _open_input(path)
         try:
+            if headers is not None:
+                first = f.readline()
+                headers.append(first if first.endswith(b"\n") or not first else first + b"\n")
             while True:
                 try:
                     batch = f.readlines(hint)
@@ -350,9 +356,13 @@ def shuffle_files(
     exact: bool = False,
     tmp_dir: str | os.PathLike[str] | None = None,
     compresslevel: int = 6,
+    keep_header: bool = False,
     progress: bool = False,
 ) -> ShuffleReport:
     """Shuffle the lines of ``inputs`` (plain or gzip) into ``output`` (gzip when it ends in ``.gz``).
+
+    ``keep_header``: each input's first line is a header (CSV/TSV); it is written once, first,
+    and must be the same in every input.
 
     Peak memory for lines is about ``memory`` bytes; disk needs the input's uncompressed size in
     ``tmp_dir`` (default: the system temp dir). The output appears only when complete.
@@ -390,7 +400,8 @@ def shuffle_files(
                 gz_input = any(_is_gzip(p) for p in paths)
                 if gz_input:
                     bar1.total = None  # uncompressed size unknown
-                batches = _batches_from_paths(paths, bar1.update, _io_bytes(budget))
+                headers: list[bytes] | None = [] if keep_header else None
+                batches = _batches_from_paths(paths, bar1.update, _io_bytes(budget), headers)
 
                 def lines_done(n: int) -> None:
                     if bar2.total is None:
@@ -398,15 +409,34 @@ def shuffle_files(
                     bar2.update(n)
 
                 blocks = _shuffle_blocks(batches, memory=budget, seed=seed, exact=exact, tmp_dir=tmp_dir, report=report)
+                first = True
                 for block in blocks:
+                    if first and headers:
+                        _write_header(sink, headers, paths)
+                    first = False
                     sink.writelines(block)
                     lines_done(len(block))
+                if first and headers:  # header-only inputs
+                    _write_header(sink, headers, paths)
         finally:
             sink.close()
             if not raw.closed:
                 raw.close()
     log.info("shuffled %d lines into %s", report.lines, out_path)
     return report
+
+
+def _write_header(sink: IO[bytes], headers: list[bytes], paths: Sequence[Path]) -> None:
+    for path, header in zip(paths, headers, strict=False):
+        if header != headers[0]:
+            raise SimtoolError(f"{path}: its header differs from {paths[0]}'s; inputs must share one header")
+    sink.write(headers[0])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one training epoch: a pure function of ``(seed, epoch)``, so a resumed run
+    re-creates the order of the epoch it stopped in."""
+    return int(np.random.SeedSequence([seed, epoch, 0x5EED]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def _is_gzip(path: Path) -> bool:

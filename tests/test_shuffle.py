@@ -216,3 +216,23 @@ def test_interrupt_removes_temp_files_and_writes_no_output(tmp_path: Path, sig: 
         time.sleep(0.05)
     assert temp_dirs(tmp_path) == []
     assert math.isfinite(proc.returncode)
+
+
+def test_keep_header_and_epoch_seeds(tmp_path: Path) -> None:
+    from simtool.shuffle import epoch_seed
+
+    src = tmp_path / "pairs.csv"
+    src.write_bytes(b"sent0,sent1\n" + b"".join(b"a%d,b%d\n" % (i, i) for i in range(500)))
+    out = tmp_path / "out.csv"
+    shuffle_files([src], out, memory=4096, seed=epoch_seed(7, 2), keep_header=True)
+    got = out.read_bytes().splitlines(keepends=True)
+    assert got[0] == b"sent0,sent1\n" and sorted(got[1:]) == sorted(src.read_bytes().splitlines(keepends=True)[1:])
+    again = tmp_path / "again.csv"
+    shuffle_files([src], again, memory=4096, seed=epoch_seed(7, 2), keep_header=True)  # a resumed run
+    assert again.read_bytes() == out.read_bytes()
+    assert epoch_seed(7, 2) != epoch_seed(7, 3) and epoch_seed(7, 2) != epoch_seed(8, 2)
+    other = tmp_path / "other.csv"
+    other.write_bytes(b"x,y\n1,2\n")
+    with pytest.raises(SimtoolError, match="header differs"):
+        shuffle_files([src, other], tmp_path / "bad.csv", keep_header=True)
+    assert not (tmp_path / "bad.csv").exists()
