@@ -222,3 +222,20 @@ def test_cli_encodes_corpus_files_with_the_model(
     empty.write_text("")
     code, out, err = run_cli(capsys, "drift", str(a), str(empty), "--model", str(tiny_st))
     assert code == 2 and err.count("\n") == 1 and "empty.txt" in err, err
+
+
+@pytest.mark.timeout(120)
+def test_index_directory_uses_its_stored_vectors(
+    tmp_path: Path, tiny_st: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simtool.index import build_index
+
+    index = tmp_path / "index"
+    build_index(small_corpus, index, model=str(tiny_st), progress=False)
+    stored = np.load(index / "vectors.npy")
+    other = tmp_path / "other.npy"
+    np.save(other, stored[::-1] * 2)
+    code, out, err = run_cli(capsys, "drift", str(index), str(other), "--vectors", "--json")
+    assert code == 0, err
+    ref = gaussian_distances(GaussianStats.fit(stored), GaussianStats.fit(stored[::-1] * 2))
+    assert json.loads(out)["w2"] == pytest.approx(ref["w2"]) and json.loads(out)["n_a"] == len(stored)
