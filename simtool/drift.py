@@ -310,10 +310,13 @@ def load_vectors(path: str, *, model: Any = None, batch_size: int = 64) -> Itera
         return arr
     if model is None:
         raise SimtoolError(f"{p} is a corpus file: it needs a model to encode it")
+    from simtool.encoder import batched_documents, encode_texts
     from simtool.index import CorpusFields
-    from simtool.reduce.workflows import corpus_vectors
 
     fields = CorpusFields()
     if fields.count(p) == 0:
         raise SimtoolError(f"{p} holds no documents")
-    return corpus_vectors(model, p, fields)
+    return (
+        encode_texts(model, [d.encoded_text for d in batch], batch_size=batch_size)
+        for batch in batched_documents(fields.read(p))
+    )
