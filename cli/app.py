@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from simtool.cli import data_cmd
 from simtool.cli.demo_cmd import demo
 from simtool.cli.encode_cmd import encode
 from simtool.cli.eval_cmd import eval_app
@@ -36,6 +37,7 @@ app.command()(demo)
 app.command()(whiten)
 app.command()(project)
 app.command()(dims)
+data_cmd.register(app)
 
 
 def _quiet_libraries() -> None:
