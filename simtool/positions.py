@@ -76,7 +76,7 @@ def max_positions(model: Any) -> int | None:
     """Token positions the encoder's transformer can take (``None`` when it has no absolute limit)."""
     try:
         config = model[0].auto_model.config
-        offset, n = _position_layout(config)
+        _offset, n = _position_layout(config)
     except (PositionsNotExtendable, AttributeError, TypeError, IndexError, KeyError):
         return None
     return n
@@ -107,7 +107,7 @@ def extend_model(model: Any, max_length: int, alpha: float = DEFAULT_ALPHA) -> A
     auto = transformer.auto_model
     config = auto.config
     offset, n = _position_layout(config)
-    embeddings = getattr(auto, "embeddings", None)
+    embeddings: Any = getattr(auto, "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)
     if not isinstance(table, torch.nn.Embedding):
         raise PositionsNotExtendable(f"model type {config.model_type!r} has no absolute position table to extend")

@@ -40,7 +40,7 @@ def test_windows_cover_the_tokens_with_the_requested_overlap(model) -> None:  # 
     windows, owners = token_windows(tok, texts, chunk_tokens=20, chunk_overlap=5)
     assert owners.tolist() == sorted(owners.tolist()) and set(owners.tolist()) == {0, 1, 2}
     ids = tok(texts[0], add_special_tokens=False)["input_ids"]
-    got = [tok(w, add_special_tokens=False)["input_ids"] for w, o in zip(windows, owners) if o == 0]
+    got = [tok(w, add_special_tokens=False)["input_ids"] for w, o in zip(windows, owners, strict=True) if o == 0]
     expected, start = [], 0
     while True:
         expected.append(ids[start : start + 20])
@@ -49,9 +49,9 @@ def test_windows_cover_the_tokens_with_the_requested_overlap(model) -> None:  # 
         start += 15
     assert got == expected
     assert windows[owners.tolist().index(1)] == ""
-    with pytest.raises(SimtoolError, match="chunk_overlap must be in 0..19"):
+    with pytest.raises(SimtoolError, match=r"chunk_overlap must be in 0\.\.19"):
         encode_chunked(model, texts, chunk_tokens=20, chunk_overlap=20)
-    with pytest.raises(SimtoolError, match="chunk_tokens must be in 1..62"):
+    with pytest.raises(SimtoolError, match=r"chunk_tokens must be in 1\.\.62"):
         encode_chunked(model, texts, chunk_tokens=63)
 
 

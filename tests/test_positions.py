@@ -42,7 +42,7 @@ def test_formula_rejects_bad_arguments() -> None:
     p = np.zeros((4, 2), np.float32)
     with pytest.raises(SimtoolError, match="alpha"):
         hierarchical_positions(p, 8, 0.5)
-    with pytest.raises(SimtoolError, match="length must be in 1..16"):
+    with pytest.raises(SimtoolError, match=r"length must be in 1\.\.16"):
         hierarchical_positions(p, 17)
 
 
