@@ -31,3 +31,26 @@ TitleColumn = Annotated[str | None, typer.Option("--title-column", help="Field h
 def emit(obj: Any) -> None:
     """One JSON object on one line of stdout."""
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def corpus_fields(text: str | None, id_: str | None, title: str | None) -> Any:
+    from simtool.index import CorpusFields
+
+    return CorpusFields(text=text, id=id_, title=title)
+
+
+def print_hits(query: str, hits: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"query: {query}"), title_justify="left", show_lines=False, expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("title / text", ratio=1)
+    for h in hits:
+        snippet = h.text if len(h.text) <= 160 else h.text[:157] + "..."
+        cell = Text.assemble((h.title, "bold"), "\n", snippet) if h.title else Text(snippet)
+        table.add_row(str(h.rank), f"{h.score:.4f}", Text(h.id), cell)
+    Console().print(table)
