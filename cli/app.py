@@ -17,6 +17,7 @@ from simtool.cli.eval_cmd import eval_app
 from simtool.cli.index_cmd import index_app
 from simtool.cli.reduce_cmd import dims, project, whiten
 from simtool.cli.search_cmd import search
+from simtool.cli.serve_cmd import serve
 from simtool.cli.train_cmd import train as train_command
 from simtool.errors import SimtoolError
 
@@ -36,6 +37,7 @@ app.command()(demo)
 app.command()(whiten)
 app.command()(project)
 app.command()(dims)
+app.command()(serve)
 
 
 def _quiet_libraries() -> None:
