@@ -16,10 +16,13 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; non-loopback needs an API key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
     api_key: Annotated[
-        str | None, typer.Option("--api-key", help="Bearer key for every route but /health [default: $SIMTOOL_API_KEY].")
+        str | None,
+        typer.Option("--api-key", help="Bearer key for every route but /health [default: $SIMTOOL_API_KEY]."),
     ] = None,
     max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Token budget of one encode.")] = 16_384,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more requests.")] = 2.0,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", help="How long a batch waits for more requests.")
+    ] = 2.0,
     workers: Annotated[int, typer.Option("--workers", help="Processes, each with its own model.")] = 1,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Pack concurrent requests.")] = True,
 ) -> None:

@@ -36,5 +36,6 @@ def test_text_embeddings_batch_into_one_encode(tiny_st: Path, monkeypatch: pytes
 async def test_async_embeddings_match_sync(tiny_st: Path) -> None:
     emb = SimtoolEmbedding(str(tiny_st), device="cpu")
     texts = ["a red bus", "python list"]
-    np.testing.assert_allclose(await emb.aget_text_embedding_batch(texts), emb.get_text_embedding_batch(texts),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        await emb.aget_text_embedding_batch(texts), emb.get_text_embedding_batch(texts), atol=1e-6
+    )

@@ -76,12 +76,20 @@ def parse_embedding_request(body: Any, config: ServeConfig) -> tuple[list[str], 
     else:
         raise ApiError(422, "input must be a string or a non-empty list of strings", param="input")
     if len(texts) > config.max_inputs:
-        raise ApiError(413, f"input has {len(texts)} texts; the limit is {config.max_inputs}", param="input",
-                       code="too_many_inputs")
+        raise ApiError(
+            413,
+            f"input has {len(texts)} texts; the limit is {config.max_inputs}",
+            param="input",
+            code="too_many_inputs",
+        )
     for i, t in enumerate(texts):
         if len(t) > config.max_text_chars:
-            raise ApiError(413, f"input[{i}] has {len(t)} characters; the limit is {config.max_text_chars}",
-                           param="input", code="text_too_long")
+            raise ApiError(
+                413,
+                f"input[{i}] has {len(t)} characters; the limit is {config.max_text_chars}",
+                param="input",
+                code="text_too_long",
+            )
         if not t.strip():
             raise ApiError(422, f"input[{i}] is empty", param="input")
     fmt = body.get("encoding_format") or "float"
@@ -127,17 +135,18 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
             given = request.headers.get("authorization", "")
             token = given[7:].encode() if given[:7].lower() == "bearer " else b""
             if not hmac.compare_digest(token, key):
-                response: Response = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                                              code="invalid_api_key").response()
-                metrics.request(path if path in ROUTES else "other", request.method, 401,
-                                time.perf_counter() - started)
+                response: Response = ApiError(
+                    401, "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key"
+                ).response()
+                metrics.request(path if path in ROUTES else "other", request.method, 401, time.perf_counter() - started)
                 return response
         try:
             response = await call_next(request)
         except ApiError as e:
             response = e.response()
-        metrics.request(path if path in ROUTES else "other", request.method, response.status_code,
-                        time.perf_counter() - started)
+        metrics.request(
+            path if path in ROUTES else "other", request.method, response.status_code, time.perf_counter() - started
+        )
         return response
 
     @app.exception_handler(ApiError)
@@ -179,8 +188,16 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": embedder.name, "object": "model", "created": 0, "owned_by": "simtool",
-                      "dimensions": embedder.dim, "truncatable": embedder.truncatable}],
+            "data": [
+                {
+                    "id": embedder.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "simtool",
+                    "dimensions": embedder.dim,
+                    "truncatable": embedder.truncatable,
+                }
+            ],
         }
 
     @app.get("/health")

@@ -66,12 +66,18 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             out: list[str] = []
-            out += ["# HELP simtool_requests_total HTTP requests by route, method and status.",
-                    "# TYPE simtool_requests_total counter"]
+            out += [
+                "# HELP simtool_requests_total HTTP requests by route, method and status.",
+                "# TYPE simtool_requests_total counter",
+            ]
             for (route, method, status), n in sorted(self.requests.items()):
-                out.append(f"simtool_requests_total{_labels(('route', 'method', 'status'), (route, method, status))} {n}")
-            out += ["# HELP simtool_request_duration_seconds Time from request to response.",
-                    "# TYPE simtool_request_duration_seconds histogram"]
+                out.append(
+                    f"simtool_requests_total{_labels(('route', 'method', 'status'), (route, method, status))} {n}"
+                )
+            out += [
+                "# HELP simtool_request_duration_seconds Time from request to response.",
+                "# TYPE simtool_request_duration_seconds histogram",
+            ]
             for key, h in sorted(self.latency.items()):
                 out += self._histogram("simtool_request_duration_seconds", ("route",), key, h)
             for name, help_, h in (
@@ -81,10 +87,15 @@ class Metrics:
             ):
                 out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
                 out += self._histogram(name, (), (), h)
-            out += ["# HELP simtool_queue_depth Requests waiting for an encode.", "# TYPE simtool_queue_depth gauge",
-                    f"simtool_queue_depth {self.queue_depth}"]
-            out += ["# HELP simtool_rejected_total Requests refused before encoding, by reason.",
-                    "# TYPE simtool_rejected_total counter"]
+            out += [
+                "# HELP simtool_queue_depth Requests waiting for an encode.",
+                "# TYPE simtool_queue_depth gauge",
+                f"simtool_queue_depth {self.queue_depth}",
+            ]
+            out += [
+                "# HELP simtool_rejected_total Requests refused before encoding, by reason.",
+                "# TYPE simtool_rejected_total counter",
+            ]
             for (reason,), n in sorted(self.rejected.items()):
                 out.append(f'simtool_rejected_total{{reason="{reason}"}} {n}')
             return "\n".join(out) + "\n"

@@ -23,8 +23,13 @@ def serve(config: ServeConfig) -> None:
     uvicorn = require("uvicorn", "serve")
     from simtool.serve.app import CONFIG_ENV, create_app, load_embedder
 
-    common = {"host": config.host, "port": config.port, "timeout_graceful_shutdown": GRACEFUL_SECONDS,
-              "log_level": "warning", "access_log": False}
+    common = {
+        "host": config.host,
+        "port": config.port,
+        "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+        "log_level": "warning",
+        "access_log": False,
+    }
     if config.workers > 1:
         os.environ[CONFIG_ENV] = config.to_json()
         uvicorn.run("simtool.serve.app:app_from_env", factory=True, workers=config.workers, **common)
