@@ -45,7 +45,8 @@ class Embedder:
         from simtool.encoder import load_encoder
 
         encoder = load_encoder(model, pooling, device)
-        return cls(encoder, (), name=Path(encoder.simtool_source).name or encoder.simtool_source)
+        source = str(encoder.simtool_source)
+        return cls(encoder, (), name=Path(source).name or source)
 
     @classmethod
     def from_index(cls, index_dir: str | os.PathLike[str], *, device: str | None = None) -> Embedder:
