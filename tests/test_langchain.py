@@ -68,3 +68,16 @@ def test_embed_documents_is_one_encode(tiny_st: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(emb.embedder.encoder, "encode", counted)
     assert len(emb.embed_documents(["a cat", "a dog", "a bird", "a fish", "red"])) == 5
     assert calls == [5]
+
+
+def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from simtool.integrations import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "langchain_core.embeddings", None)  # as if langchain-core were absent
+    monkeypatch.delitem(sys.modules, "simtool.integrations.langchain")
+    with pytest.raises(MissingExtraError) as info:
+        importlib.import_module("simtool.integrations.langchain")
+    assert "simtool[langchain]" in str(info.value) and "\n" not in str(info.value)
