@@ -18,6 +18,7 @@ from simtool.cli.eval_cmd import eval_app
 from simtool.cli.index_cmd import index_app
 from simtool.cli.reduce_cmd import dims, project, whiten
 from simtool.cli.search_cmd import search
+from simtool.cli.serve_cmd import serve
 from simtool.cli.train_cmd import train as train_command
 from simtool.errors import SimtoolError
 
@@ -38,6 +39,7 @@ app.command()(whiten)
 app.command()(project)
 app.command()(dims)
 data_cmd.register(app)
+app.command()(serve)
 
 
 def _quiet_libraries() -> None:
