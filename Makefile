@@ -24,13 +24,13 @@ demo: $(BIN)/simtool
 	HF_HUB_OFFLINE=1 $(BIN)/simtool demo
 
 test: $(BIN)/simtool
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not reference"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m "not slow and not reference and not shared_data"
 
 test-reference: $(BIN)/simtool
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m reference
 
 test-slow: $(BIN)/simtool
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow and not reference"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "(slow or shared_data) and not reference"
 
 lint: $(BIN)/simtool
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -17,7 +17,7 @@ def serve(
     port: Annotated[int, typer.Option("--port")] = 8000,
     api_key: Annotated[
         str | None,
-        typer.Option("--api-key", help="Bearer key for every route but /health [default: $SIMTOOL_API_KEY]."),
+        typer.Option("--api-key", help="Bearer key for every route but /health \\[default: $SIMTOOL_API_KEY]."),
     ] = None,
     max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Token budget of one encode.")] = 16_384,
     max_wait_ms: Annotated[
