@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from simtool.cli import data_cmd
+from simtool.cli import data_cmd, long_cmd
 from simtool.cli.demo_cmd import demo
 from simtool.cli.encode_cmd import encode
 from simtool.cli.eval_cmd import eval_app
@@ -39,6 +39,7 @@ app.command()(whiten)
 app.command()(project)
 app.command()(dims)
 data_cmd.register(app)
+long_cmd.register(app)
 app.command()(serve)
 
 

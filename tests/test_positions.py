@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,31 @@ def test_refuses_to_overwrite_a_non_model_directory(tiny_st: Path, tmp_path: Pat
     with pytest.raises(SimtoolError, match="not a model directory"):
         extend_positions(tiny_st, 128, tmp_path / "keep")
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_extend_positions_writes_a_model_plain_st_loads(
+    tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "ext"
+    code, stdout, _ = run_cli(
+        capsys, "extend-positions", "--model", str(tiny_st), "--max-length", "300", "--output", str(out), "--json"
+    )
+    assert code == 0 and json.loads(stdout)["max_length"] == 300
+    assert SentenceTransformer(str(out), device="cpu")[0].auto_model.config.max_position_embeddings == 300
+
+
+def test_cli_extend_positions_bad_length_is_one_line(
+    tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "ext"
+    code, _, err = run_cli(
+        capsys, "extend-positions", "--model", str(tiny_st), "--max-length", "10", "--output", str(out)
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("simtool: error:")
+    assert not out.exists()
