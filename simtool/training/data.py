@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -145,8 +146,36 @@ def batches_without_duplicates(rows: Iterator[tuple[str, ...]], batch_size: int)
 
 
 def epoch_batches(
-    path: str | Path, columns: Sequence[str], batch_size: int, *, seed: int, epoch: int, shuffle_buffer: int
+    path: str | Path,
+    columns: Sequence[str],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int,
+    global_shuffle: str | None = None,
 ) -> Iterator[list[tuple[str, ...]]]:
-    """The batches of one epoch: deterministic in ``(seed, epoch)``, so a resumed run can skip to its position."""
+    """The batches of one epoch: deterministic in ``(seed, epoch)``, so a resumed run can skip to its position.
+
+    ``global_shuffle`` (a memory budget such as ``"1GiB"``) replaces the buffer shuffle by a two-pass global
+    shuffle of the whole file (:mod:`simtool.shuffle`) into a temporary copy, removed when the epoch ends.
+    """
+    if global_shuffle is not None:
+        return _globally_shuffled_batches(Path(path), columns, batch_size, seed, epoch, global_shuffle)
     rng = random.Random(f"simtool-train:{seed}:{epoch}")
     return batches_without_duplicates(shuffled(read_training_rows(path, columns), shuffle_buffer, rng), batch_size)
+
+
+def _globally_shuffled_batches(
+    path: Path, columns: Sequence[str], batch_size: int, seed: int, epoch: int, memory: str
+) -> Iterator[list[tuple[str, ...]]]:
+    from simtool.shuffle import epoch_seed, shuffle_files
+
+    with tempfile.TemporaryDirectory(prefix="simtool-epoch-") as tmp:
+        copy = Path(tmp) / path.name  # same name, so the same format (and header rule) is detected
+        shuffle_files([path], copy, memory=memory, seed=epoch_seed(seed, epoch), keep_header=_has_header(path))
+        yield from batches_without_duplicates(read_training_rows(copy, columns), batch_size)
+
+
+def _has_header(path: Path) -> bool:
+    return detect_format(path) in ("csv", "tsv")

@@ -97,6 +97,7 @@ class TrainConfig:
     save_total_limit: int = 2
     eval_steps: int = 125
     shuffle_buffer: int = 100_000
+    global_shuffle: str | None = None  # memory budget of a two-pass global shuffle per epoch, e.g. "1GiB"
     accumulation: str = "exact"
     teacher: str | None = None
     distill_weight: float = 0.0
@@ -138,6 +139,15 @@ class TrainConfig:
         ):
             if value < 0:
                 raise SimtoolError(f"{name} must be >= 0, got {value}")
+        if self.global_shuffle is not None:
+            from simtool.shuffle import parse_memory
+
+            try:
+                budget = parse_memory(self.global_shuffle)
+            except SimtoolError:
+                budget = 0
+            if budget <= 0:
+                raise SimtoolError(f"--global-shuffle must be a size such as 1GiB, got {self.global_shuffle!r}")
         if not -1.0 < self.margin < 2.0:
             raise SimtoolError(f"--margin must be in (-1, 2) (a cosine offset), got {self.margin}")
         if self.distill_weight > 0 and not self.teacher:
@@ -559,6 +569,7 @@ class _Run:
                     seed=config.seed,
                     epoch=self.epoch,
                     shuffle_buffer=config.shuffle_buffer,
+                    global_shuffle=config.global_shuffle,
                 )
                 seen = 0
                 for index, batch in enumerate(batches):
