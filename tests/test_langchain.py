@@ -12,8 +12,6 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from simtool.integrations.langchain import SimtoolEmbeddings
 
-pytestmark = pytest.mark.asyncio  # the suites have async tests; strict pytest-asyncio needs the mark
-
 
 class _TinyModel:
     model_path: Path
