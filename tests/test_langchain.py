@@ -11,6 +11,7 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from simtool.integrations.langchain import SimtoolEmbeddings
+from tests.conftest import count_encode_calls
 
 
 class _TinyModel:
@@ -56,14 +57,7 @@ def test_index_dir_applies_the_index_whitening_like_its_queries(tiny_st: Path, s
 
 def test_embed_documents_is_one_encode(tiny_st: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     emb = SimtoolEmbeddings(str(tiny_st), device="cpu", batch_size=2)
-    calls: list[int] = []
-    original = emb.embedder.encoder.encode
-
-    def counted(texts: list[str], **kw: Any) -> Any:
-        calls.append(len(texts))
-        return original(texts, **kw)
-
-    monkeypatch.setattr(emb.embedder.encoder, "encode", counted)
+    calls = count_encode_calls(monkeypatch, emb.embedder.encoder)
     assert len(emb.embed_documents(["a cat", "a dog", "a bird", "a fish", "red"])) == 5
     assert calls == [5]
 

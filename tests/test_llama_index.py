@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from simtool.integrations.llama_index import SimtoolEmbedding
+from tests.conftest import count_encode_calls
 
 
 def test_text_embeddings_batch_into_one_encode(tiny_st: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from simtool.encoder import load_encoder
 
     emb = SimtoolEmbedding(str(tiny_st), device="cpu", embed_batch_size=4)
-    calls: list[int] = []
-    original = emb.embedder.encoder.encode
-
-    def counted(texts: list[str], **kw: Any) -> Any:
-        calls.append(len(texts))
-        return original(texts, **kw)
-
-    monkeypatch.setattr(emb.embedder.encoder, "encode", counted)
+    calls = count_encode_calls(monkeypatch, emb.embedder.encoder)
     texts = [f"the cat number {i}" for i in range(10)]
     vectors = emb.get_text_embedding_batch(texts)
     assert calls == [4, 4, 2]  # embed_batch_size texts per encoder call, not one call per text
