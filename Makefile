@@ -33,7 +33,7 @@ test-slow: $(BIN)/simtool
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "(slow or shared_data) and not reference"
 
 lint: $(BIN)/simtool
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/python -m ruff check . && $(BIN)/python -m ruff format --check .
 
 bench: $(BIN)/simtool
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_encode.py
