@@ -187,24 +187,10 @@ def replay_backward(
     ``extra(column, begin, end, h)`` may add a per-row loss computed in the same pass (RoFormer-Sim's seq2seq
     share); it is back-propagated with the same ``scale``. DDP synchronises on the very last pass only.
     """
-    # The autograd engine runs hooks with grad mode off; the replay needs its graph.
-    with torch.enable_grad():
-        _replay_passes(forward, model, features, states, grads, chunk, scale, extra)
-
-
-def _replay_passes(
-    forward: Callable[[dict[str, Any]], Tensor],
-    model: nn.Module,
-    features: list[dict[str, Any]],
-    states: list[list[RandContext]],
-    grads: list[Tensor],
-    chunk: int,
-    scale: float | Tensor,
-    extra: Callable[[int, int, int, Tensor], Tensor] | None,
-) -> None:
     passes = [(c, k, r) for c, f in enumerate(features) for k, r in enumerate(chunk_ranges(batch_rows(f), chunk))]
     for i, (c, k, (begin, end)) in enumerate(passes):
-        with _sync_context(model, i == len(passes) - 1), states[c][k]:
+        # torch.enable_grad: the autograd engine runs hooks with grad mode off, and the replay needs its graph.
+        with _sync_context(model, i == len(passes) - 1), states[c][k], torch.enable_grad():
             h = forward(minibatch(features[c], begin, end))
             surrogate = (h * grads[c][begin:end]).sum()
             if extra is not None:
