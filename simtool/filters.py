@@ -61,8 +61,21 @@ def compile_filter(filter: dict[str, Any]) -> SqlFilter:
     return SqlFilter(where, tuple(params))
 
 
-def _path(field: str) -> str:
-    return '$."' + field.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _type_sql(field: str, params: list[Any]) -> str:
+    """SQL for the JSON type of ``field`` (NULL when absent); its key goes in as a bound parameter."""
+    if '"' in field or "\\" in field:  # a JSON path cannot quote these: look the key up instead
+        params.append(field)
+        return "(SELECT type FROM json_each(metadata) WHERE key = ?)"
+    params.append(f'$."{field}"')
+    return "json_type(metadata, ?)"
+
+
+def _value_sql(field: str, params: list[Any]) -> str:
+    if '"' in field or "\\" in field:
+        params.append(field)
+        return "(SELECT atom FROM json_each(metadata) WHERE key = ?)"
+    params.append(f'$."{field}"')
+    return "json_extract(metadata, ?)"
 
 
 def _node(node: Any, where: str, params: list[Any]) -> str:
@@ -103,26 +116,26 @@ def _condition(field: str, op: str, operand: Any, where: str, params: list[Any])
     if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
         raise FilterError(f"{where}.{op} needs a number or a string, got {_kind(operand)}")
     types = "('text')" if isinstance(operand, str) else "('integer', 'real')"
-    params.extend([_path(field), _path(field), operand])
-    return f"(json_type(metadata, ?) IN {types} AND json_extract(metadata, ?) {_CMP[op]} ?)"
+    kind, value = _type_sql(field, params), _value_sql(field, params)
+    params.append(operand)
+    return f"({kind} IN {types} AND {value} {_CMP[op]} ?)"
 
 
 def _equal(field: str, value: Any, where: str, params: list[Any]) -> str:
     """True exactly when the field holds ``value`` with the same JSON type; never NULL."""
     if value is None:
-        params.append(_path(field))
-        return "(json_type(metadata, ?) IS 'null')"
+        return f"({_type_sql(field, params)} IS 'null')"
     if isinstance(value, bool):
-        params.append(_path(field))
-        return f"(json_type(metadata, ?) IS '{'true' if value else 'false'}')"
+        return f"({_type_sql(field, params)} IS '{'true' if value else 'false'}')"
     if isinstance(value, (int, float)):
         types = "('integer', 'real')"
     elif isinstance(value, str):
         types = "('text')"
     else:
         raise FilterError(f"{where} must be a string, number, boolean or null, got {_kind(value)}")
-    params.extend([_path(field), _path(field), value])
-    return f"(coalesce(json_type(metadata, ?) IN {types} AND json_extract(metadata, ?) = ?, 0))"
+    kind, stored = _type_sql(field, params), _value_sql(field, params)
+    params.append(value)
+    return f"(coalesce({kind} IN {types} AND {stored} = ?, 0))"
 
 
 def _kind(value: Any) -> str:

@@ -224,7 +224,8 @@ class Index:
     """The writing side of an index directory. Every method that changes it publishes one generation.
 
     ``lock_timeout``: seconds to wait for another writer before failing with its pid.
-    ``auto_merge``: apply :func:`merge_plan` after each write.
+    ``auto_merge``: apply :func:`merge_plan` (with ``merge_factor``) after each write.
+    ``encoder``: an already loaded copy of the index's model, to skip loading it.
     """
 
     def __init__(
@@ -235,6 +236,7 @@ class Index:
         gpu: bool = True,
         memory_budget: int | None = None,
         auto_merge: bool = True,
+        merge_factor: int = MERGE_FACTOR,
         encoder: Any = None,
     ) -> None:
         self.directory = _resolve(index_dir)
@@ -243,6 +245,7 @@ class Index:
         self.gpu = gpu
         self.memory_budget = memory_budget
         self.auto_merge = auto_merge
+        self.merge_factor = merge_factor
         self._encoder = encoder
 
     @property
@@ -369,7 +372,7 @@ class Index:
         merged = 0
         while True:
             with self._transaction() as tx:
-                groups = merge_plan(tx.base.segments)
+                groups = merge_plan(tx.base.segments, self.merge_factor)
                 if not groups:
                     return merged
                 tx.merge(groups[0])
@@ -746,6 +749,7 @@ def build_index(
         index = Index.__new__(Index)
         index.directory, index.gpu, index.memory_budget = directory, gpu, memory_budget
         index.lock_timeout, index.auto_merge, index._encoder = 30.0, False, encoder
+        index.merge_factor = MERGE_FACTOR
         tx = _Transaction(index, base)
         tx.result = copy.deepcopy(manifest)
         tx.result.generation = base.generation + 1

@@ -18,7 +18,6 @@ import numpy as np
 
 from simtool.config import default_index_dir
 from simtool.corpus import Document
-from simtool.encoder import encode_texts
 from simtool.errors import SimtoolError
 from simtool.filters import compile_filter, parse_filter
 from simtool.index import load_index_encoder, load_reducers, verify_manifest
@@ -211,6 +210,8 @@ class Retriever:
     # --- search ----------------------------------------------------------------------------------
     def encode(self, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """``(len(queries), dim)`` float32 query vectors, exactly as the documents were: encoder, then reducers."""
+        from simtool.encoder import encode_texts
+
         return apply_chain(self._snapshot.reducers, encode_texts(self.encoder, list(queries), batch_size=batch_size))
 
     def search_vectors(
@@ -288,6 +289,8 @@ class Retriever:
         for i, q in enumerate(batch):
             if not isinstance(q, str) or not q.strip():
                 raise SimtoolError(f"query {i + 1} is empty")
+        from simtool.encoder import encode_texts
+
         snap = self._snapshot  # one generation for the whole batch, whatever refresh() does meanwhile
         vectors = apply_chain(snap.reducers, encode_texts(self.encoder, batch))
         scores, hits = self._search(snap, vectors, k, filter)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from simtool.errors import SimtoolError
 
@@ -183,6 +182,8 @@ class TorchExactSearcher:
     """
 
     def __init__(self, vectors: np.ndarray, metric: str, device: str, block_rows: int = 1 << 18) -> None:
+        import torch
+
         if metric not in METRICS:
             raise SimtoolError(f"metric must be one of {METRICS}, got {metric!r}")
         self.metric = metric
@@ -192,9 +193,16 @@ class TorchExactSearcher:
         self._block = block_rows
         self.backend = f"torch-{self.device.type}"
 
-    @torch.inference_mode()
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``allowed``: ``(n,)`` bool of rows that may be returned (None: all)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._search(torch, queries, k, allowed)
+
+    def _search(
+        self, torch: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
         mask = None if allowed is None else torch.from_numpy(np.asarray(allowed, dtype=bool)).to(self.device)
         n = self._x.shape[0]
