@@ -142,12 +142,14 @@ class Retriever:
         verify: bool = False,
         search_params: dict[str, int] | None = None,
         encoder: Any = None,
+        load_model: bool = True,
     ) -> Retriever:
         """Open the newest generation of an index directory.
 
         ``verify``: also check every file's sha256 (O(bytes); a plain open checks sizes and headers).
         ``search_params`` (e.g. ``{"nprobe": 32, "efSearch": 128}``) override each segment's.
         ``encoder``: an already loaded copy of the index's model (fingerprint-checked) to share.
+        ``load_model=False``: no model at all, for callers that search with their own vectors only.
         """
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
         Manifest.load(directory)  # a clear error for a missing or old directory before any lease
@@ -158,7 +160,9 @@ class Retriever:
                 verify_manifest(directory, manifest)
             chosen, torch_device = choose_backend(manifest, backend, device)
             snapshot = _open_snapshot(directory, manifest, {}, chosen, torch_device)
-            if encoder is None:
+            if not load_model:
+                encoder = None
+            elif encoder is None:
                 encoder = load_index_encoder(manifest, device)
             else:
                 from simtool.index import check_same_model
@@ -198,7 +202,8 @@ class Retriever:
             try:
                 manifest = Manifest.load(self.index_dir)
                 if manifest.generation != self._snapshot.generation:
-                    if manifest.model.fingerprint != self._snapshot.manifest.model.fingerprint:
+                    changed = manifest.model.fingerprint != self._snapshot.manifest.model.fingerprint
+                    if changed and self.encoder is not None:
                         self.encoder = load_index_encoder(manifest, self._torch_device)
                     reuse = {s.info.name: s for s in self._snapshot.segments}
                     self._snapshot = _open_snapshot(self.index_dir, manifest, reuse, self.backend, self._torch_device)
@@ -212,6 +217,7 @@ class Retriever:
         """``(len(queries), dim)`` float32 query vectors, exactly as the documents were: encoder, then reducers."""
         from simtool.encoder import encode_texts
 
+        self._need_model()
         return apply_chain(self._snapshot.reducers, encode_texts(self.encoder, list(queries), batch_size=batch_size))
 
     def search_vectors(
@@ -291,11 +297,20 @@ class Retriever:
                 raise SimtoolError(f"query {i + 1} is empty")
         from simtool.encoder import encode_texts
 
+        self._need_model()
         snap = self._snapshot  # one generation for the whole batch, whatever refresh() does meanwhile
         vectors = apply_chain(snap.reducers, encode_texts(self.encoder, batch))
         scores, hits = self._search(snap, vectors, k, filter)
         results = self._hits(snap, scores, hits)
         return results[0] if single else results
+
+    def _need_model(self) -> None:
+        if self.encoder is None:
+            raise SimtoolError("this Retriever was opened with load_model=False: search with vectors instead")
+
+    def hits_for(self, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
+        """Hits (documents included) for the output of :meth:`search_vectors` on this snapshot."""
+        return self._hits(self._snapshot, scores, hits)
 
     def _hits(self, snap: _Snapshot, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
         wanted: dict[int, set[int]] = {}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from simtool.manifest import Manifest
-from tests.conftest import run_cli as run
 from tests.conftest import committed_state, segment_file, write_jsonl
+from tests.conftest import run_cli as run
 
 
 @pytest.fixture

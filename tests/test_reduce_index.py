@@ -15,7 +15,7 @@ from simtool.manifest import Manifest
 from simtool.reduce import Whitening, load_reducer
 from simtool.reduce.workflows import project_index, projection_dim, whiten_index
 from simtool.retriever import Retriever
-from tests.conftest import search_rows, WORDS, committed_state, run_cli, write_jsonl
+from tests.conftest import WORDS, committed_state, run_cli, search_rows, write_jsonl
 
 
 @pytest.fixture
