@@ -706,7 +706,8 @@ def build_index(
     fields: CorpusFields = CorpusFields(),
     progress: bool = True,
 ) -> Manifest:
-    """Encode a corpus (a file, or any iterable of Documents) into a new index.
+    """Encode a corpus (a file, any iterable of Documents, or EncodedParts already encoded by ``model``)
+    into a new index.
 
     A new directory appears whole, by one rename. An existing index gets a new generation
     holding only the new segment, so its open readers keep their snapshot. A corpus file is
@@ -717,12 +718,18 @@ def build_index(
     target = _resolve(index_dir)
     if metric not in METRICS:
         raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    parts: list[EncodedPart] | None = None
     if isinstance(corpus, (str, Path)):
         path = Path(corpus)
         n: int | None = fields.count(path)
         docs: Iterable[Document] = fields.read(path)
     else:
-        docs = list(corpus)
+        items = list(corpus)
+        if items and all(isinstance(p, EncodedPart) for p in items):
+            parts = items  # type: ignore[assignment]
+            docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]
+        else:
+            docs = items  # type: ignore[assignment]
         _check_batch(docs, "documents")  # type: ignore[arg-type]
         n = len(docs)  # type: ignore[arg-type]
         if n == 0:
@@ -756,7 +763,10 @@ def build_index(
         tx.result.created_at = base.created_at or manifest.created_at
         try:
             with progress_bar(n or 0, "encode", progress) as bar:
-                tx.add_parts(encode_parts(encoder, docs, batch_size=batch_size, bar=bar), small_ok=False)
+                stream = (
+                    iter(parts) if parts is not None else encode_parts(encoder, docs, batch_size=batch_size, bar=bar)
+                )
+                tx.add_parts(stream, small_ok=False)
         except BaseException:
             tx.rollback()
             raise
