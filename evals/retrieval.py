@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from simtool.corpus import iter_lines, read_queries
 from simtool.errors import SimtoolError
 
