@@ -11,7 +11,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-reference test-slow lint bench clean
 
 $(BIN)/simtool: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,16 @@ demo: $(BIN)/simtool
 	HF_HUB_OFFLINE=1 $(BIN)/simtool demo
 
 test: $(BIN)/simtool
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m "not slow and not reference and not shared_data"
+
+test-reference: $(BIN)/simtool
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m reference
+
+test-slow: $(BIN)/simtool
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "(slow or shared_data) and not reference"
 
 lint: $(BIN)/simtool
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/python -m ruff check . && $(BIN)/python -m ruff format --check .
 
 bench: $(BIN)/simtool
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_encode.py

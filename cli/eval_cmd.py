@@ -54,7 +54,7 @@ def eval_sts(
         str, typer.Option("--format", help="auto, stsb, senteval, sick, cn or pairs (see `simtool.evals.sts`).")
     ] = "auto",
     split: Annotated[
-        str | None, typer.Option("--split", help="Split to score [default: test; SICK: all; from the file name].")
+        str | None, typer.Option("--split", help="Split to score \\[default: test; SICK: all; from the file name].")
     ] = None,
     model: Model = None,
     pooling: Pooling = None,
@@ -116,11 +116,11 @@ def eval_retrieval(
     pooling: Pooling = None,
     index_dir: Annotated[
         Path | None,
-        typer.Option("--index-dir", help="Search this index if it exists, else build it here [default: a temp dir]."),
+        typer.Option("--index-dir", help="Search this index if it exists, else build it here \\[default: a temp dir]."),
     ] = None,
     factory: Annotated[
         str | None,
-        typer.Option("--factory", help="Flat, auto or a FAISS factory string for a new index [default: Flat]."),
+        typer.Option("--factory", help="Flat, auto or a FAISS factory string for a new index \\[default: Flat]."),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Hits per query (at least 10).")] = 100,
     ignore_identical_ids: Annotated[
@@ -129,8 +129,8 @@ def eval_retrieval(
     compare_flat: Annotated[
         bool, typer.Option("--compare-flat", help="Also score exact search over the raw vectors.")
     ] = False,
-    nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists to visit [default: manifest's].")] = None,
-    ef_search: Annotated[int | None, typer.Option("--ef-search", help="HNSW efSearch [default: manifest's].")] = None,
+    nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists to visit \\[default: manifest's].")] = None,
+    ef_search: Annotated[int | None, typer.Option("--ef-search", help="HNSW efSearch \\[default: manifest's].")] = None,
     gpu: Annotated[bool, typer.Option("--gpu/--no-gpu", help="Use faiss GPUs when present.")] = True,
     batch_size: BatchSize = 64,
     json_out: Json = False,
@@ -179,7 +179,7 @@ def eval_suite(
     ] = None,
     output_dir: Annotated[
         Path | None,
-        typer.Option("--output-dir", help="Where report.md and report.json go [default: $SIMTOOL_HOME/evals/NAME]."),
+        typer.Option("--output-dir", help="Where report.md and report.json go \\[default: $SIMTOOL_HOME/evals/NAME]."),
     ] = None,
     batch_size: BatchSize = 64,
     json_out: Json = False,

@@ -14,7 +14,7 @@ from simtool.errors import SimtoolError
 Corpus = Annotated[Path | None, typer.Option("--corpus", help="Fit on this corpus encoded by --model (model mode).")]
 Output = Annotated[Path | None, typer.Option("--output", help="Write the reduced model here (model mode).")]
 Factory = Annotated[
-    str | None, typer.Option("--factory", help="Index factory after reduction [default: the index's own].")
+    str | None, typer.Option("--factory", help="Index factory after reduction \\[default: the index's own].")
 ]
 
 
@@ -63,7 +63,7 @@ def _report(reducer: Any, result: dict[str, Any], json_out: bool) -> None:
 
 
 def whiten(
-    dim: Annotated[str | None, typer.Option("--dim", help="Dimensions to keep, or 'auto' [default: all].")] = None,
+    dim: Annotated[str | None, typer.Option("--dim", help="Dimensions to keep, or 'auto' \\[default: all].")] = None,
     power: Annotated[str, typer.Option("--power", help="0.5 = BERT-whitening, 0 = PCA, or 'auto'.")] = "0.5",
     eps: Annotated[
         float, typer.Option("--eps", help="Added to the eigenvalues (regularises rank-deficient fits).")

@@ -76,6 +76,14 @@ def train(
     shuffle_buffer: Annotated[
         int, typer.Option("--shuffle-buffer", help="Rows held for shuffling; 0 = file order.")
     ] = 100_000,
+    global_shuffle: Annotated[
+        str | None,
+        typer.Option(
+            "--global-shuffle",
+            metavar="MEMORY",
+            help="Shuffle the whole file each epoch in this much memory (e.g. 1GiB), not through --shuffle-buffer.",
+        ),
+    ] = None,
     accumulation: Annotated[
         str,
         typer.Option(
@@ -127,6 +135,7 @@ def train(
         save_total_limit=save_total_limit,
         eval_steps=eval_steps,
         shuffle_buffer=shuffle_buffer,
+        global_shuffle=global_shuffle,
         accumulation=accumulation,
         teacher=teacher,
         distill_weight=distill_weight,

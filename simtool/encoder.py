@@ -25,6 +25,7 @@ from simtool.config import DEFAULT_MODEL
 from simtool.corpus import Document
 from simtool.errors import ModelNotFoundError, SimtoolError
 from simtool.pooling import LayerPooling
+from simtool.positions import check_max_seq_length
 
 POOLINGS = ("cls", "mean", "max", "last-avg", "first-last-avg")
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
@@ -105,6 +106,7 @@ def load_encoder(
         model = SentenceTransformer(modules=[transformer, pool], device=device)
         if pooling == "first-last-avg":
             transformer.auto_model.config.output_hidden_states = True
+    check_max_seq_length(model, max_seq_length, str(name_or_path or DEFAULT_MODEL))  # issue 13: needs an extended model
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     model.simtool_source = str(name_or_path or DEFAULT_MODEL)

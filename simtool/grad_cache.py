@@ -3,22 +3,22 @@
 Plain gradient accumulation (``gradient_accumulation_steps`` in the Hugging Face Trainer) does **not** enlarge
 the negative set: each accumulated chunk is its own little batch, scored only against its own rows, so b rows
 x k steps trains a batch-b contrastive loss, not a batch-(k·b) one. The exact scheme, per optimizer step over a
-batch of B rows split into mini-batches of b:
+batch of B rows split into mini-batches of b (GradCache's four steps):
 
-1. embed every mini-batch without gradients, saving the RNG state before each one;
-2. compute the full-batch loss on the B embeddings (this is the logged loss) and ``dL/dh`` for every row;
+1. embed every mini-batch without gradients, saving the RNG state before each one (:class:`RandContext`);
+2. compute the full-batch loss on the B embeddings (this is the logged loss) and ``dL/dh`` for every row, in
+   row chunks of b queries (each chunk scores its queries against all B candidates), so the largest live
+   logit block is (b, B), never (B, B): memory follows b even at B = 4096+;
 3. re-embed each mini-batch with gradients, restoring its saved RNG state so that dropout draws the same masks
-   as in step 1, and back-propagate ``<h, dL/dh>``: the parameter gradients sum to the full-batch gradient.
+   as in step 1;
+4. back-propagate ``<h, dL/dh>`` per mini-batch: the parameter gradients sum to the full-batch gradient.
 
-Memory follows b (activations of one mini-batch plus B embeddings); compute is one extra forward pass.
-
-This module builds on sentence-transformers' :class:`~sentence_transformers.base.losses.gradcache.CachedLossMixin`,
-which already does steps 1-3, the RNG replay (``RandContext``: CPU and CUDA generators), the mini-batch ranges
-(replayed identically, padding trimmed per mini-batch) and, under DDP, the replays inside ``no_sync`` except the
-last, so the parameter gradients are all-reduced **once** per optimizer step. simtool adds what its training
-needs on top: autocast around every encoder pass (so that the replay recomputes exactly what step 1 computed
-under mixed precision) with float32 embeddings for the loss, batch-size validation, the all-gather of
-embeddings across ranks (in :mod:`simtool.losses`), DDP wrapping and a naive-accumulation step for comparison.
+simtool owns this core (about a hundred lines, no private sentence-transformers names), so its behaviour does
+not change with the installed sentence-transformers version: autocast around every encoder pass (the replay
+recomputes exactly what step 1 computed under mixed precision) with float32 embeddings for the loss; under DDP
+the replays run inside ``no_sync`` except the last, so the parameter gradients are all-reduced **once** per
+optimizer step, and step 2 gathers the embeddings once and sums ``dL/dh`` over ranks with one all-reduce per
+column (what the backward of an all-gather does). Losses plug in through :meth:`ExactCachedLossMixin.rows_loss`.
 
 Exactness holds when the encoder is deterministic given its inputs and RNG state (no BatchNorm-like
 cross-row statistics), which is the case for transformer encoders; GPU kernels may add float noise.
@@ -28,17 +28,82 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from sentence_transformers.base.losses.gradcache import CachedLossMixin, RandContext, _create_minibatch, _get_batch_size
 from sentence_transformers.util import all_gather_with_grad as _st_all_gather_with_grad
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from simtool.errors import SimtoolError
+
+
+class RandContext:
+    """Snapshot the CPU RNG and the CUDA RNG of the tensors' devices now; restore them on ``with``.
+
+    The outer RNG streams are left as they were after the block (``torch.random.fork_rng``), so a replay
+    does not disturb the training's stream (GradCache's ``RandContext``).
+    """
+
+    def __init__(self, *tensors: Any) -> None:
+        self.cpu_state = torch.get_rng_state()
+        self.devices = sorted(
+            {t.device.index or 0 for t in tensors if isinstance(t, Tensor) and t.device.type == "cuda"}
+        )
+        self.cuda_states = [torch.cuda.get_rng_state(d) for d in self.devices]
+        self._fork: AbstractContextManager[Any] | None = None
+
+    def __enter__(self) -> None:
+        self._fork = torch.random.fork_rng(devices=self.devices)
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu_state)
+        for device, state in zip(self.devices, self.cuda_states, strict=True):
+            torch.cuda.set_rng_state(state, device)
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._fork is not None
+        self._fork.__exit__(*exc)
+        self._fork = None
+
+
+def batch_rows(features: dict[str, Any]) -> int:
+    """Rows in tokenised ``features`` (the first dimension of ``input_ids``, else of any tensor)."""
+    ids = features.get("input_ids")
+    if isinstance(ids, Tensor):
+        return int(ids.shape[0])
+    return next(int(v.shape[0]) for v in features.values() if isinstance(v, Tensor) and v.ndim > 0)
+
+
+def minibatch(features: dict[str, Any], begin: int, end: int) -> dict[str, Any]:
+    """Rows ``begin:end`` of padded ``features``; trailing columns that are padding in all of them are cut.
+
+    Cutting keeps a mini-batch of short rows from paying the full batch's width (memory follows b); right
+    padding only, so positions are unchanged and the rows' outputs are those of the full batch.
+    """
+    mask = features.get("attention_mask")
+    width = cut = None
+    if isinstance(mask, Tensor) and mask.ndim == 2:
+        width = mask.shape[1]
+        active = mask[begin:end].bool().any(dim=0)
+        if active.any():
+            cut = int(active.nonzero().max()) + 1
+    out: dict[str, Any] = {}
+    for key, value in features.items():
+        if not isinstance(value, Tensor) or value.ndim == 0:
+            out[key] = value
+        elif cut is not None and value.ndim >= 2 and value.shape[1] == width:
+            out[key] = value[begin:end, :cut]
+        else:
+            out[key] = value[begin:end]
+    return out
+
+
+def chunk_ranges(rows: int, size: int) -> list[tuple[int, int]]:
+    """``[(begin, end)]`` covering ``range(rows)`` in chunks of ``size`` (the last may be shorter)."""
+    return [(begin, min(begin + size, rows)) for begin in range(0, rows, size)]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -58,6 +123,96 @@ def all_gather_with_grad(tensor: Tensor) -> Tensor:
         # torch 2.13 deprecates torch.distributed.nn.all_gather, which sentence-transformers still uses.
         warnings.simplefilter("ignore", FutureWarning)
         return _st_all_gather_with_grad(tensor)
+
+
+def all_gather_no_grad(tensor: Tensor) -> Tensor:
+    """``(world·n, ...)`` concatenation of every rank's ``tensor`` (no autograd)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+# A loss over rows: (global columns (N, d) each, global labels or None, offset of the local rows in the global
+# batch, local query range begin:end, local row count n) -> named parts whose sum over the chunks of
+# range(n) is the local loss.
+RowsLoss = Callable[[list[Tensor], "Tensor | None", int, int, int, int], dict[str, Tensor]]
+
+
+def loss_and_embedding_grads(
+    rows_loss: RowsLoss, columns: list[Tensor], labels: Tensor | None, chunk: int, *, gather: bool
+) -> tuple[dict[str, float], list[Tensor]]:
+    """Step 2: the loss parts over all local rows and ``dL/dh`` ``(n, d)`` per column, ``chunk`` query rows at once.
+
+    ``columns`` are the local embeddings (no graph). Under ``gather`` they are all-gathered once; each rank's
+    ``dL/dh_global`` is summed over ranks (one all-reduce per column) and sliced to the local rows.
+    """
+    rank, world = rank_and_world() if gather else (0, 1)
+    n = columns[0].shape[0]
+    leaves = [(all_gather_no_grad(c) if gather else c).detach().requires_grad_() for c in columns]
+    all_labels = None if labels is None else (all_gather_no_grad(labels) if gather else labels).detach()
+    totals: dict[str, float] = {}
+    for begin, end in chunk_ranges(n, chunk):
+        parts = rows_loss(leaves, all_labels, rank * n, begin, end, n)
+        sum(parts.values()).backward()  # type: ignore[union-attr]
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach())
+    grads = []
+    for leaf in leaves:
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        if gather and world > 1:
+            dist.all_reduce(grad)
+        grads.append(grad[rank * n : (rank + 1) * n])
+    return totals, grads
+
+
+def _sync_context(model: nn.Module, sync: bool) -> AbstractContextManager[Any]:
+    return model.no_sync() if isinstance(model, DistributedDataParallel) and not sync else nullcontext()
+
+
+def replay_backward(
+    forward: Callable[[dict[str, Any]], Tensor],
+    model: nn.Module,
+    features: list[dict[str, Any]],
+    states: list[list[RandContext]],
+    grads: list[Tensor],
+    chunk: int,
+    scale: float | Tensor = 1.0,
+    extra: Callable[[int, int, int, Tensor], Tensor] | None = None,
+) -> None:
+    """Steps 3-4: re-run each mini-batch with its saved RNG state and back-propagate ``scale·<h, dL/dh>``.
+
+    ``extra(column, begin, end, h)`` may add a per-row loss computed in the same pass (RoFormer-Sim's seq2seq
+    share); it is back-propagated with the same ``scale``. DDP synchronises on the very last pass only.
+    """
+    passes = [(c, k, r) for c, f in enumerate(features) for k, r in enumerate(chunk_ranges(batch_rows(f), chunk))]
+    for i, (c, k, (begin, end)) in enumerate(passes):
+        # torch.enable_grad: the autograd engine runs hooks with grad mode off, and the replay needs its graph.
+        with _sync_context(model, i == len(passes) - 1), states[c][k], torch.enable_grad():
+            h = forward(minibatch(features[c], begin, end))
+            surrogate = (h * grads[c][begin:end]).sum()
+            if extra is not None:
+                surrogate = surrogate + extra(c, begin, end, h)
+            (surrogate * scale).backward()
+
+
+def embed_without_grad(
+    forward: Callable[[dict[str, Any]], Tensor], features: list[dict[str, Any]], chunk: int
+) -> tuple[list[Tensor], list[list[RandContext]]]:
+    """Step 1: every column's embeddings ``(n, d)`` without a graph and the RNG snapshot before each mini-batch."""
+    columns, states = [], []
+    for f in features:
+        parts, snaps = [], []
+        for begin, end in chunk_ranges(batch_rows(f), chunk):
+            mb = minibatch(f, begin, end)
+            snaps.append(RandContext(*mb.values()))
+            with torch.no_grad():
+                parts.append(forward(mb))
+        columns.append(torch.cat(parts))
+        states.append(snaps)
+    return columns, states
 
 
 def check_batch_sizes(batch_size: int, mini_batch_size: int | None, world_size: int = 1) -> int:
@@ -86,43 +241,72 @@ def check_batch_sizes(batch_size: int, mini_batch_size: int | None, world_size: 
     return local
 
 
-class ExactCachedLossMixin(CachedLossMixin):
-    """CachedLossMixin whose every encoder pass (plain, cached, replayed) runs under the same autocast.
+class ExactCachedLossMixin:
+    """The four-step cache for a loss module; every encoder pass (plain, cached, replayed) under one autocast.
 
     A subclass sets ``model`` (a SentenceTransformer, possibly DDP-wrapped), ``mini_batch_size`` and
-    ``autocast_dtype`` (None = no autocast) and implements ``calculate_loss``. Embeddings come back float32.
+    ``autocast_dtype`` (None = no autocast) and implements :meth:`rows_loss` and ``gather``. Embeddings come
+    back float32. After every forward ``last_parts`` holds the named loss parts as floats (for the log).
     """
 
+    model: nn.Module
+    mini_batch_size: int | None = None
     autocast_dtype: torch.dtype | None = None
+    last_parts: dict[str, float]
+
+    @property
+    def gather(self) -> bool:
+        return rank_and_world()[1] > 1
+
+    def rows_loss(
+        self, columns: list[Tensor], labels: Tensor | None, offset: int, begin: int, end: int, n: int
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     def embed(self, features: dict[str, Tensor]) -> Tensor:
         """Sentence embeddings ``(n, d)`` float32 of tokenised ``features``, with gradients if enabled."""
         device = next(iter(v for v in features.values() if isinstance(v, Tensor))).device
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else nullcontext()
-        )
-        with autocast:
+        with self.autocast(device):
             embeddings = self.model(features)["sentence_embedding"]
         return embeddings.float()
 
-    def embed_minibatch(
-        self,
-        sentence_feature: dict[str, Tensor],
-        begin: int,
-        end: int,
-        with_grad: bool,
-        copy_random_state: bool,
-        random_state: RandContext | None = None,
-    ) -> tuple[Tensor, RandContext | None]:
-        """CachedLossMixin hook: embed rows ``begin:end``; snapshot the RNG first, or replay a snapshot."""
-        minibatch = _create_minibatch(sentence_feature, begin, end)
-        replay = nullcontext() if random_state is None else random_state
-        with replay, nullcontext() if with_grad else torch.no_grad():
-            snapshot = RandContext(*minibatch.values()) if copy_random_state else None
-            embeddings = self.embed(minibatch)
-        return embeddings, snapshot
+    def embeddings_loss_parts(self, columns: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Named loss parts from full-batch local embeddings (one ``(n, d)`` per column), with autograd."""
+        rank, _ = rank_and_world() if self.gather else (0, 1)
+        n = columns[0].shape[0]
+        every = [all_gather_with_grad(c) for c in columns] if self.gather else columns
+        all_labels = None if labels is None else (all_gather_no_grad(labels) if self.gather else labels)
+        parts = self.rows_loss(every, all_labels, rank * n, 0, n, n)
+        self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
+        return parts
+
+    def embeddings_loss(self, columns: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        """The summed loss from full-batch local embeddings."""
+        return sum(self.embeddings_loss_parts(columns, labels).values())  # type: ignore[return-value]
+
+    def forward_cached(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        """The full-batch loss (a scalar whose ``backward()`` runs the replays) with memory of one mini-batch."""
+        assert self.mini_batch_size is not None
+        columns, states = embed_without_grad(self.embed, features, self.mini_batch_size)
+        parts, grads = loss_and_embedding_grads(
+            self.rows_loss, columns, labels, self.mini_batch_size, gather=self.gather
+        )
+        self.last_parts = parts
+        value = torch.tensor(sum(parts.values()), device=columns[0].device)
+        if not torch.is_grad_enabled():
+            return value
+        value.requires_grad_()
+
+        def replay(grad_output: Tensor) -> None:
+            replay_backward(self.embed, self.model, features, states, grads, self.mini_batch_size or 1, grad_output)
+
+        value.register_hook(replay)  # type: ignore[arg-type]
+        return value
 
 
 def naive_accumulation_backward(
@@ -140,7 +324,7 @@ def naive_accumulation_backward(
     """
     if loss.duplicate_single_column and len(sentence_features) == 1:
         sentence_features = [sentence_features[0], sentence_features[0]]
-    rows = _get_batch_size(sentence_features[0])
+    rows = batch_rows(sentence_features[0])
     starts = list(range(0, rows, mini_batch_size))
     model = loss.model
     total = torch.zeros(())
@@ -149,7 +333,7 @@ def naive_accumulation_backward(
         sync = k == len(starts) - 1
         context = model.no_sync() if isinstance(model, DistributedDataParallel) and not sync else nullcontext()
         with context:
-            columns = [loss.embed(_create_minibatch(f, begin, end)) for f in sentence_features]
+            columns = [loss.embed(minibatch(f, begin, end)) for f in sentence_features]
             chunk_labels = None if labels is None else labels[begin:end]
             value = loss.embeddings_loss(columns, chunk_labels) / len(starts)
             (value * scale).backward()

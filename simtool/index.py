@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-from simtool import __version__
+from simtool._version import __version__
 from simtool.atomic import replace_dir, staging_dir_for
 from simtool.config import default_index_dir
 from simtool.corpus import Document, read_documents, scan_corpus

@@ -15,8 +15,11 @@ gets ``+ log α``, SimCSE's ``hard_negative_weight``; α = 0 drops it). Options:
 - ``symmetric``: also the reverse direction (positive ``i`` against all anchors), averaged with the forward one;
 - ``same_view_negatives``: the other anchors join the denominator too (bojone's Chinese SimCSE: with
   ``symmetric`` this is his 2N-row formulation, each row against the other 2N − 1);
-- ``distill_weight`` λ: adds ``λ · mean((cos(a_i, a_j) − cos(t_i, t_j))²)``, the RoFormer-Sim cosine-matrix
-  distillation (techniques.md §3.6, λ = 100), with teacher embeddings ``t`` passed as ``labels`` ``(B, d_t)``.
+- ``distill_weight`` λ: adds :class:`CosineMatrixDistillationLoss`, ``λ · mean((cos(a_i, a_j) − cos(t_i, t_j))²)``
+  (RoFormer-Sim, techniques.md §3.6, λ = 100), with teacher embeddings ``t`` passed as ``labels`` ``(B, d_t)``.
+
+Every loss names its parts (``{"contrastive": ..., "distill": ...}``, :meth:`rows_loss`); ``last_parts`` holds
+the latest as floats, which the training loop logs.
 
 With ``mini_batch_size`` set the loss uses exact gradient caching (:mod:`simtool.grad_cache`): the gradients
 are those of the full-batch loss, while activation memory follows the mini-batch. Under ``torch.distributed``
@@ -39,13 +42,13 @@ from simtool.grad_cache import ExactCachedLossMixin, all_gather_with_grad, rank_
 
 
 def _positive_mask(rows: int, columns: int, offset: int, device: torch.device) -> Tensor:
-    """``(rows, columns)`` bool, True at ``(i, offset + i)``: each local row's own column in the global batch."""
+    """``(rows, columns)`` bool, True at ``(i, offset + i)``: each query row's own column in the global batch."""
     mask = torch.zeros(rows, columns, dtype=torch.bool, device=device)
     mask[torch.arange(rows, device=device), torch.arange(offset, offset + rows, device=device)] = True
     return mask
 
 
-def _direction_loss(
+def _direction_loss_sum(
     queries: Tensor,
     positives: Tensor,
     extra: list[tuple[Tensor, str]],
@@ -55,13 +58,13 @@ def _direction_loss(
     margin: float,
     hard_negative_weight: float,
 ) -> Tensor:
-    """Mean CE of local ``queries`` ``(n, d)`` against global ``positives`` ``(N, d)`` plus extra candidate sets.
+    """Summed CE of ``queries`` ``(q, d)`` (global rows ``offset:offset+q``) against ``positives`` ``(N, d)``.
 
     ``extra`` holds ``(candidates (N, d), kind)``; kind ``"hard"`` weights the row's own candidate by
     ``hard_negative_weight``, kind ``"self"`` removes it (the query itself). Inputs are L2-normalised.
     """
-    n = queries.shape[0]
-    own = _positive_mask(n, positives.shape[0], offset, queries.device)
+    q = queries.shape[0]
+    own = _positive_mask(q, positives.shape[0], offset, queries.device)
     logits = [scale * (queries @ positives.T) - (scale * margin) * own]
     for candidates, kind in extra:
         block = scale * (queries @ candidates.T)
@@ -70,8 +73,83 @@ def _direction_loss(
         elif hard_negative_weight != 1.0:
             block = block + math.log(hard_negative_weight) * own
         logits.append(block)
-    target = torch.arange(offset, offset + n, device=queries.device)
-    return F.cross_entropy(torch.cat(logits, dim=1), target)
+    target = torch.arange(offset, offset + q, device=queries.device)
+    return F.cross_entropy(torch.cat(logits, dim=1), target, reduction="sum")
+
+
+def contrastive_rows_loss(
+    all_anchors: Tensor,
+    all_positives: Tensor,
+    all_negatives: Tensor | None,
+    *,
+    offset: int,
+    begin: int,
+    end: int,
+    n: int,
+    scale: float = 20.0,
+    margin: float = 0.0,
+    hard_negative_weight: float = 1.0,
+    symmetric: bool = False,
+    same_view_negatives: bool = False,
+) -> Tensor:
+    """The terms of local query rows ``begin:end`` of the contrastive loss, divided by the local row count ``n``.
+
+    Columns are global ``(N, d)``, L2-normalised; the local rows are ``offset:offset+n``. Summed over chunks
+    of ``range(n)`` this is the mean loss over the local rows: step 2 of the cache in row chunks.
+    """
+    lo, hi = offset + begin, offset + end
+    hyper: dict[str, Any] = {
+        "offset": lo,
+        "scale": scale,
+        "margin": margin,
+        "hard_negative_weight": hard_negative_weight,
+    }
+    extra: list[tuple[Tensor, str]] = []
+    if all_negatives is not None:
+        extra.append((all_negatives, "hard"))
+    if same_view_negatives:
+        extra.append((all_anchors, "self"))
+    loss = _direction_loss_sum(all_anchors[lo:hi], all_positives, extra, **hyper)
+    if symmetric:
+        reverse_extra = [(all_positives, "self")] if same_view_negatives else []
+        loss = (loss + _direction_loss_sum(all_positives[lo:hi], all_anchors, reverse_extra, **hyper)) / 2
+    return loss / n
+
+
+def cosine_matrix_distillation_rows(
+    all_student: Tensor, all_teacher: Tensor, *, offset: int, begin: int, end: int, n: int
+) -> Tensor:
+    """Rows ``begin:end`` of ``mean_ij (cos(s_i, s_j) − cos(t_i, t_j))²`` over local i and global j (§3.6).
+
+    ``all_student`` ``(N, d)`` is L2-normalised; ``all_teacher`` ``(N, d_t)`` raw (normalised here, no gradient).
+    """
+    teacher = F.normalize(all_teacher.detach().to(all_student.device, torch.float32), dim=-1)
+    lo, hi = offset + begin, offset + end
+    diff = all_student[lo:hi] @ all_student.T - teacher[lo:hi] @ teacher.T
+    return (diff**2).sum() / (n * all_student.shape[0])
+
+
+class CosineMatrixDistillationLoss(nn.Module):
+    """RoFormer-Sim's distillation (techniques.md §3.6): ``λ · mean((S̃S̃ᵀ − T̃T̃ᵀ)²)`` over the batch.
+
+    ``forward(student (N, d), teacher (N, d_t))`` returns ``{"distill": scalar}``; the student gets the
+    gradient, the teacher none. ``rows`` restricts the query rows (cached step 2, see :mod:`simtool.grad_cache`).
+    """
+
+    def __init__(self, weight: float = 100.0) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+
+    def forward(
+        self, student: Tensor, teacher: Tensor, *, offset: int = 0, rows: tuple[int, int] | None = None, n: int = 0
+    ) -> dict[str, Tensor]:
+        student = F.normalize(student.float(), dim=-1)
+        n = n or student.shape[0]
+        begin, end = rows or (0, n)
+        rows_loss = cosine_matrix_distillation_rows(student, teacher, offset=offset, begin=begin, end=end, n=n)
+        return {"distill": self.weight * rows_loss}
 
 
 def in_batch_contrastive_loss(
@@ -94,41 +172,34 @@ def in_batch_contrastive_loss(
     With ``gather`` (torch.distributed initialised, equal ``n`` on every rank) candidates come from all ranks
     and row ``i`` of this rank is row ``rank · n + i`` of the global batch.
     """
-    anchors, positives = F.normalize(anchors.float(), dim=-1), F.normalize(positives.float(), dim=-1)
-    if negatives is not None:
-        negatives = F.normalize(negatives.float(), dim=-1)
+    from simtool.grad_cache import all_gather_no_grad
+
+    columns = [F.normalize(c.float(), dim=-1) for c in (anchors, positives, negatives) if c is not None]
     rank, _ = rank_and_world() if gather else (0, 1)
-    offset = rank * anchors.shape[0]
-
-    def everywhere(x: Tensor) -> Tensor:
-        return all_gather_with_grad(x) if gather else x
-
-    all_anchors, all_positives = everywhere(anchors), everywhere(positives)
-    hyper = {"offset": offset, "scale": scale, "margin": margin, "hard_negative_weight": hard_negative_weight}
-    extra: list[tuple[Tensor, str]] = []
-    if negatives is not None:
-        extra.append((everywhere(negatives), "hard"))
-    if same_view_negatives:
-        extra.append((all_anchors, "self"))
-    loss = _direction_loss(anchors, all_positives, extra, **hyper)
-    if symmetric:
-        reverse_extra = [(all_positives, "self")] if same_view_negatives else []
-        loss = (loss + _direction_loss(positives, all_anchors, reverse_extra, **hyper)) / 2
+    n = anchors.shape[0]
+    every = [all_gather_with_grad(c) for c in columns] if gather else columns
+    loss = contrastive_rows_loss(
+        every[0],
+        every[1],
+        every[2] if len(every) == 3 else None,
+        offset=rank * n,
+        begin=0,
+        end=n,
+        n=n,
+        scale=scale,
+        margin=margin,
+        hard_negative_weight=hard_negative_weight,
+        symmetric=symmetric,
+        same_view_negatives=same_view_negatives,
+    )
     if distill_weight > 0.0:
         if teacher is None:
             raise ValueError("distillation needs teacher embeddings of the anchors (pass them as labels)")
-        loss = loss + distill_weight * cosine_matrix_distillation(anchors, all_anchors, teacher, gather=gather)
+        all_teacher = all_gather_no_grad(teacher) if gather else teacher
+        loss = loss + distill_weight * cosine_matrix_distillation_rows(
+            every[0], all_teacher, offset=rank * n, begin=0, end=n, n=n
+        )
     return loss
-
-
-def cosine_matrix_distillation(student: Tensor, all_student: Tensor, teacher: Tensor, *, gather: bool) -> Tensor:
-    """``mean_ij (cos(s_i, s_j) − cos(t_i, t_j))²`` over local rows i and global rows j (RoFormer-Sim, §3.6).
-
-    ``student`` ``(n, d)`` and ``all_student`` ``(N, d)`` are L2-normalised; ``teacher`` is ``(n, d_t)``, raw.
-    """
-    teacher = F.normalize(teacher.detach().to(student.device, torch.float32), dim=-1)
-    all_teacher = all_gather_with_grad(teacher) if gather else teacher
-    return ((student @ all_student.T - teacher @ all_teacher.T) ** 2).mean()
 
 
 class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
@@ -173,6 +244,7 @@ class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
         self.symmetric = symmetric
         self.same_view_negatives = same_view_negatives
         self.distill_weight = float(distill_weight)
+        self.distill = CosineMatrixDistillationLoss(distill_weight) if distill_weight > 0 else None
         self.mini_batch_size = mini_batch_size  # type: ignore[assignment]
         self.autocast_dtype = autocast_dtype
         self.gather_across_devices = gather_across_devices
@@ -184,33 +256,34 @@ class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
             return self.gather_across_devices
         return rank_and_world()[1] > 1
 
-    def embeddings_loss(self, columns: list[Tensor], labels: Tensor | None = None) -> Tensor:
-        """The loss from full-batch (local) embeddings, one ``(n, d)`` tensor per input column."""
+    def rows_loss(
+        self, columns: list[Tensor], labels: Tensor | None, offset: int, begin: int, end: int, n: int
+    ) -> dict[str, Tensor]:
+        """Named parts ``{"contrastive"[, "distill"]}`` of local query rows ``begin:end`` (global columns)."""
         if len(columns) not in (2, 3):
             raise ValueError(f"{type(self).__name__} expects 2 or 3 input columns, got {len(columns)}")
-        return in_batch_contrastive_loss(
-            columns[0],
-            columns[1],
-            columns[2] if len(columns) == 3 else None,
-            scale=self.scale,
-            margin=self.margin,
-            hard_negative_weight=self.hard_negative_weight,
-            symmetric=self.symmetric,
-            same_view_negatives=self.same_view_negatives,
-            teacher=labels if self.distill_weight > 0 else None,
-            distill_weight=self.distill_weight,
-            gather=self.gather,
-        )
-
-    def calculate_loss(
-        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
-    ) -> Tensor:
-        """CachedLossMixin hook: the loss from per-mini-batch embeddings; backward to them when asked."""
-        loss = self.embeddings_loss([torch.cat(column) for column in reps], labels)
-        if with_backward:
-            loss.backward()
-            loss = loss.detach()
-        return loss
+        normed = [F.normalize(c.float(), dim=-1) for c in columns]
+        parts = {
+            "contrastive": contrastive_rows_loss(
+                normed[0],
+                normed[1],
+                normed[2] if len(normed) == 3 else None,
+                offset=offset,
+                begin=begin,
+                end=end,
+                n=n,
+                scale=self.scale,
+                margin=self.margin,
+                hard_negative_weight=self.hard_negative_weight,
+                symmetric=self.symmetric,
+                same_view_negatives=self.same_view_negatives,
+            )
+        }
+        if self.distill is not None:
+            if labels is None:
+                raise ValueError("distillation needs teacher embeddings of the anchors (pass them as labels)")
+            parts.update(self.distill(normed[0], labels, offset=offset, rows=(begin, end), n=n))
+        return parts
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features = list(sentence_features)

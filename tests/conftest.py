@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,3 +207,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         code = int(e.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def count_encode_calls(monkeypatch: pytest.MonkeyPatch, encoder: Any) -> list[int]:
+    """Record the number of texts of each ``encoder.encode`` call (the list fills as the test runs)."""
+    calls: list[int] = []
+    original = encoder.encode
+
+    def counted(texts: list[str], **kw: object) -> object:
+        calls.append(len(texts))
+        return original(texts, **kw)
+
+    monkeypatch.setattr(encoder, "encode", counted)
+    return calls

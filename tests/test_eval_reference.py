@@ -18,7 +18,7 @@ from simtool.evals.retrieval import evaluate_retrieval
 from simtool.evals.sts import EvalResult, evaluate_sts
 from tests.conftest import run_cli as run
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
+pytestmark = [pytest.mark.reference, pytest.mark.shared_data]
 
 STS_KEYS = ("cosine_spearman", "cosine_pearson", "euclidean_spearman", "manhattan_spearman", "manhattan_pearson")
 RETRIEVAL_KEYS = ("ndcg_at_1", "ndcg_at_10", "ndcg_at_100", "map_at_10", "recall_at_10", "precision_at_10", "mrr_at_10")

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import WORDS
-from sentence_transformers.base.losses.gradcache import _create_minibatch
 
 from simtool.encoder import load_encoder
 from simtool.errors import SimtoolError
 from simtool.grad_cache import check_batch_sizes, naive_accumulation_backward
+from simtool.grad_cache import minibatch as _create_minibatch
 from simtool.losses import InBatchContrastiveLoss, SupSimCSELoss, UnsupSimCSELoss
 
 B = 8

@@ -31,14 +31,12 @@ import dataclasses
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +45,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from simtool.atomic import atomic_open, atomic_write_json, fsync_dir, fsync_tree, replace_dir, staging_dir_for
-from simtool.corpus import detect_format, iter_json_objects, iter_lines, iter_table_rows
-from simtool.errors import CorpusError, SimtoolError
+from simtool.errors import SimtoolError
+from simtool.training.data import epoch_batches, scan_training_file
+from simtool.training.recipes import RECIPES, get_recipe
 
-RECIPES = ("simcse-unsup", "simcse-sup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ACCUMULATION = ("exact", "naive")
 STATE_FILE = "trainer_state.pt"
-SUP_COLUMNS = ("sent0", "sent1", "hard_neg")
 
 # Options that may differ between a run and its --resume without changing the computation's meaning.
 RESUME_MAY_CHANGE = frozenset(
@@ -100,6 +97,7 @@ class TrainConfig:
     save_total_limit: int = 2
     eval_steps: int = 125
     shuffle_buffer: int = 100_000
+    global_shuffle: str | None = None  # memory budget of a two-pass global shuffle per epoch, e.g. "1GiB"
     accumulation: str = "exact"
     teacher: str | None = None
     distill_weight: float = 0.0
@@ -141,6 +139,15 @@ class TrainConfig:
         ):
             if value < 0:
                 raise SimtoolError(f"{name} must be >= 0, got {value}")
+        if self.global_shuffle is not None:
+            from simtool.shuffle import parse_memory
+
+            try:
+                budget = parse_memory(self.global_shuffle)
+            except SimtoolError:
+                budget = 0
+            if budget <= 0:
+                raise SimtoolError(f"--global-shuffle must be a size such as 1GiB, got {self.global_shuffle!r}")
         if not -1.0 < self.margin < 2.0:
             raise SimtoolError(f"--margin must be in (-1, 2) (a cosine offset), got {self.margin}")
         if self.distill_weight > 0 and not self.teacher:
@@ -184,166 +191,6 @@ class TrainResult:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------- data
-
-
-def training_columns(path: Path, recipe: str) -> tuple[str, ...]:
-    """The columns a training file provides for ``recipe``: ``("text",)`` or ``sent0, sent1[, hard_neg]``.
-
-    Raises :class:`CorpusError` naming the file when it cannot serve the recipe.
-    """
-    if not path.exists():
-        raise CorpusError(f"{path}: no such file")
-    if path.is_dir():
-        raise CorpusError(f"{path}: is a directory, expected a training file")
-    fmt = detect_format(path)
-    if fmt == "txt":
-        if recipe == "simcse-sup":
-            raise CorpusError(
-                f"{path}: simcse-sup needs CSV/TSV/JSONL with columns sent0,sent1[,hard_neg], not a .txt of sentences"
-            )
-        return ("text",)
-    names = _first_record_keys(path, fmt)
-    if names is None:
-        raise CorpusError(f"{path}: no training rows (the file is empty)")
-    if recipe == "simcse-unsup":
-        if "text" in names:
-            return ("text",)
-        hint = "; these look like supervised triplets: use --recipe simcse-sup" if "sent1" in names else ""
-        raise CorpusError(
-            f"{path}: simcse-unsup reads one sentence per line (.txt) or a 'text' column; found {list(names)}{hint}"
-        )
-    missing = [c for c in SUP_COLUMNS[:2] if c not in names]
-    if missing:
-        raise CorpusError(
-            f"{path}: simcse-sup needs columns sent0,sent1[,hard_neg]; missing {', '.join(missing)} in {list(names)}"
-        )
-    return SUP_COLUMNS if "hard_neg" in names else SUP_COLUMNS[:2]
-
-
-def _delimiter(fmt: str) -> str:
-    return "\t" if fmt == "tsv" else ","
-
-
-def _first_record_keys(path: Path, fmt: str) -> list[str] | None:
-    """The header (CSV/TSV) or the first object's keys (JSONL); None for an empty file."""
-    if fmt == "jsonl":
-        return next((list(obj) for _, obj in iter_json_objects(path)), None)
-    return next((row for _, row in iter_table_rows(path, _delimiter(fmt))), None)
-
-
-def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line, {column: value})`` for the rows after the header; blank rows skipped."""
-    rows = iter_table_rows(path, _delimiter(fmt))
-    header = next(rows, (0, None))[1]
-    if header is None:
-        return
-    for lineno, row in rows:
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise CorpusError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
-        yield lineno, dict(zip(header, row, strict=True))
-
-
-def read_training_rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[str, ...]]:
-    """Stream the rows of a training file as tuples of ``len(columns)`` non-empty, stripped strings."""
-    path = Path(path)
-    fmt = detect_format(path)
-    if fmt == "txt":
-        for _, line in iter_lines(path):
-            if line.strip():
-                yield (line.strip(),)
-        return
-    records = iter_json_objects(path) if fmt == "jsonl" else _table_records(path, fmt)
-    for lineno, record in records:
-        row = []
-        for name in columns:
-            value = record.get(name)
-            if value is None:
-                raise CorpusError(f"{path}:{lineno}: missing {name!r}")
-            if not isinstance(value, str):
-                raise CorpusError(f"{path}:{lineno}: {name!r} must be a string, got {type(value).__name__}")
-            if not value.strip():
-                raise CorpusError(f"{path}:{lineno}: empty {name!r}")
-            row.append(value.strip())
-        yield tuple(row)
-
-
-def scan_training_file(path: str | Path, recipe: str) -> tuple[tuple[str, ...], int]:
-    """Validate the whole file for ``recipe`` before any training; return ``(columns, row_count > 0)``."""
-    path = Path(path)
-    columns = training_columns(path, recipe)
-    n = sum(1 for _ in read_training_rows(path, columns))
-    if n == 0:
-        raise CorpusError(f"{path}: no training rows")
-    return columns, n
-
-
-def shuffled(rows: Iterator[tuple[str, ...]], buffer_size: int, rng: random.Random) -> Iterator[tuple[str, ...]]:
-    """Buffer shuffle: memory ``buffer_size`` rows; a full uniform shuffle when the file fits in the buffer."""
-    if buffer_size <= 1:
-        yield from rows
-        return
-    buffer: list[tuple[str, ...]] = []
-    for row in rows:
-        if len(buffer) < buffer_size:
-            buffer.append(row)
-            continue
-        j = rng.randrange(buffer_size)
-        yield buffer[j]
-        buffer[j] = row
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def batches_without_duplicates(rows: Iterator[tuple[str, ...]], batch_size: int) -> Iterator[list[tuple[str, ...]]]:
-    """Group rows into batches of exactly ``batch_size`` where no sentence (stripped) occurs in two rows.
-
-    A row that repeats a sentence of the batch being filled waits (in order) for a later batch; rows
-    still waiting at the end, and a last incomplete batch, are dropped.
-    """
-    waiting: deque[tuple[str, ...]] = deque()
-    rows = iter(rows)
-    exhausted = False
-    while True:
-        batch: list[tuple[str, ...]] = []
-        seen: set[str] = set()
-        still_waiting: deque[tuple[str, ...]] = deque()
-
-        def fits(row: tuple[str, ...], seen: set[str] = seen) -> bool:
-            return not any(text in seen for text in row)
-
-        while waiting and len(batch) < batch_size:
-            row = waiting.popleft()
-            if fits(row):
-                batch.append(row)
-                seen.update(row)
-            else:
-                still_waiting.append(row)
-        waiting.extendleft(reversed(still_waiting))
-        while len(batch) < batch_size and not exhausted:
-            row = next(rows, None)
-            if row is None:
-                exhausted = True
-            elif fits(row):
-                batch.append(row)
-                seen.update(row)
-            else:
-                waiting.append(row)
-        if len(batch) < batch_size:
-            return
-        yield batch
-
-
-def epoch_batches(
-    path: str | Path, columns: Sequence[str], batch_size: int, *, seed: int, epoch: int, shuffle_buffer: int
-) -> Iterator[list[tuple[str, ...]]]:
-    """The batches of one epoch: deterministic in ``(seed, epoch)``, so a resumed run can skip to its position."""
-    rng = random.Random(f"simtool-train:{seed}:{epoch}")
-    return batches_without_duplicates(shuffled(read_training_rows(path, columns), shuffle_buffer, rng), batch_size)
 
 
 # --------------------------------------------------------------------------- distributed and devices
@@ -560,9 +407,7 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
 
 def build_loss(config: TrainConfig, model: torch.nn.Module, local_batch: int, dtype: torch.dtype | None) -> Any:
     """The recipe's loss module around ``model`` (possibly DDP-wrapped); cached when b < local batch."""
-    from simtool.losses import SupSimCSELoss, UnsupSimCSELoss
-
-    cls = UnsupSimCSELoss if config.recipe == "simcse-unsup" else SupSimCSELoss
+    cls = get_recipe(config.recipe).loss_class()
     cached = config.accumulation == "exact" and config.mini_batch_size is not None
     mini = config.mini_batch_size if cached and config.mini_batch_size < local_batch else None  # type: ignore[operator]
     return cls(
@@ -668,7 +513,7 @@ class _Run:
         self.last_saved = -1
         self.last_loss = float("nan")
         self.sentences = 0
-        self.texts_per_step = config.batch_size * (2 if config.recipe == "simcse-unsup" else len(self.columns))
+        self.texts_per_step = config.batch_size * get_recipe(config.recipe).texts_per_row(self.columns)
         if state is not None:
             self._restore(state)
         else:
@@ -724,6 +569,7 @@ class _Run:
                     seed=config.seed,
                     epoch=self.epoch,
                     shuffle_buffer=config.shuffle_buffer,
+                    global_shuffle=config.global_shuffle,
                 )
                 seen = 0
                 for index, batch in enumerate(batches):
@@ -812,6 +658,9 @@ class _Run:
         self.sentences += self.texts_per_step
         seconds = round(time.perf_counter() - t0, 4)
         self.log_entry = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "s": seconds}
+        parts = getattr(self.loss_fn, "last_parts", None)
+        if parts and len(parts) > 1:  # the named parts (this process's), when the loss has several
+            self.log_entry["parts"] = {k: round(v, 6) for k, v in parts.items()}
 
     @contextlib.contextmanager
     def _as_published(self) -> Iterator[SentenceTransformer]:

@@ -1,0 +1,53 @@
+"""``simtool encode``: a corpus file to a float32 .npy matrix plus its ids."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simtool.cli.common import BatchSize, IdColumn, Json, Model, Pooling, TextColumn, TitleColumn, corpus_fields, emit
+
+
+def encode(
+    input: Annotated[Path, typer.Argument(help="Corpus: .txt, .jsonl, .csv or .tsv, optionally .gz.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output .npy, (n, d) float32; ids go to OUT.ids.json.")
+    ],
+    model: Model = None,
+    pooling: Pooling = None,
+    batch_size: BatchSize = 64,
+    max_seq_length: Annotated[int | None, typer.Option("--max-seq-length")] = None,
+    text_column: TextColumn = None,
+    id_column: IdColumn = None,
+    title_column: TitleColumn = None,
+    json_out: Json = False,
+) -> None:
+    """Encode a corpus file into a float32 .npy matrix plus its ids."""
+    from simtool.encoder import embedding_dim, encode_file, load_encoder
+
+    fields = corpus_fields(text_column, id_column, title_column)
+    n = fields.count(input)
+    encoder = load_encoder(model, pooling, None, max_seq_length)
+    started = time.perf_counter()
+    ids_path = encode_file(lambda: fields.read(input), n, output, encoder, batch_size=batch_size, progress=not json_out)
+    seconds = time.perf_counter() - started
+    result = {
+        "output": str(output),
+        "ids": str(ids_path),
+        "n": n,
+        "dim": embedding_dim(encoder),
+        "model": encoder.simtool_source,
+        "pooling": encoder.simtool_pooling,
+        "seconds": round(seconds, 3),
+        "texts_per_second": round(n / seconds, 1),
+    }
+    if json_out:
+        emit(result)
+    else:
+        typer.echo(
+            f"wrote {n} x {result['dim']} float32 to {output} (ids: {ids_path}) "
+            f"in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s"
+        )

@@ -1,0 +1,52 @@
+"""``simtool search``: query an index from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from simtool.cli.common import BatchSize, IndexDir, Json, emit, print_hits
+from simtool.errors import SimtoolError
+
+
+def search(
+    query: Annotated[str | None, typer.Argument(help="The query text.")] = None,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help="A file of queries (.txt one per line, or .jsonl with text).")
+    ] = None,
+    index_dir: IndexDir = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.")] = 10,
+    nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists to visit \\[default: manifest's].")] = None,
+    ef_search: Annotated[int | None, typer.Option("--ef-search", help="HNSW efSearch \\[default: manifest's].")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="auto, faiss or torch (exact).")] = "auto",
+    batch_size: BatchSize = 64,
+    json_out: Json = False,
+) -> None:
+    """Search an index; with --json one object per query, one per line."""
+    from simtool.corpus import read_queries
+    from simtool.retriever import Retriever
+
+    if (query is None) == (queries is None):
+        raise SimtoolError("give either a QUERY argument or --queries FILE")
+    if k <= 0:
+        raise SimtoolError(f"-k must be positive, got {k}")
+    for name, value in (("--nprobe", nprobe), ("--ef-search", ef_search)):
+        if value is not None and value <= 0:
+            raise SimtoolError(f"{name} must be positive, got {value}")
+    batch = [(None, query)] if query is not None else read_queries(queries)  # type: ignore[arg-type]
+    params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
+    with Retriever.load(index_dir, backend=backend, search_params=params) as retriever:  # type: ignore[arg-type]
+        results = []
+        for start in range(0, len(batch), 1024):
+            chunk = batch[start : start + 1024]
+            results.extend(retriever.search([text for _, text in chunk], k))
+    for (qid, text), hits in zip(batch, results, strict=True):
+        if json_out:
+            obj: dict[str, Any] = {"query": text, "results": [h.to_json() for h in hits]}
+            if qid is not None:
+                obj = {"query_id": qid, **obj}
+            emit(obj)
+        else:
+            print_hits(text, hits)

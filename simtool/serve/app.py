@@ -1,0 +1,223 @@
+"""The FastAPI application: OpenAI-compatible ``/v1/embeddings``, ``/v1/models``, ``/health``, ``/metrics``.
+
+Errors are OpenAI-shaped JSON: ``{"error": {"message", "type", "param", "code"}}``. Request bodies are
+read with a byte cap before they are parsed, so an oversized body costs at most ``max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from simtool.embedder import Embedder
+from simtool.errors import SimtoolError
+from simtool.integrations import require
+from simtool.serve.batcher import DynamicBatcher, QueueFullError
+from simtool.serve.config import ServeConfig
+from simtool.serve.metrics import Metrics
+
+require("fastapi", "serve")
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, PlainTextResponse, Response  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "SIMTOOL_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
+INLINE_COUNT_CHARS = 20_000  # shorter inputs are tokenised on the event loop: cheaper than a thread hop
+ROUTES = ("/v1/embeddings", "/v1/models", "/health", "/metrics")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(self.status, "invalid_request_error")
+        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body parsed as JSON; 413 past ``limit`` bytes (declared or streamed), 422 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body exceeds {limit} bytes", code="body_too_large")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(422, f"request body is not valid JSON: {e}", code="invalid_json") from None
+
+
+def parse_embedding_request(body: Any, config: ServeConfig) -> tuple[list[str], str, int | None]:
+    """``(texts, encoding_format, dimensions)`` from an OpenAI embeddings request, or an ApiError."""
+    if not isinstance(body, dict):
+        raise ApiError(422, "request body must be a JSON object")
+    raw = body.get("input")
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
+        texts = raw
+    elif isinstance(raw, list) and raw and all(isinstance(t, (int, list)) for t in raw):
+        raise ApiError(422, "input as token ids is not supported; send text", param="input")
+    else:
+        raise ApiError(422, "input must be a string or a non-empty list of strings", param="input")
+    if len(texts) > config.max_inputs:
+        raise ApiError(
+            413,
+            f"input has {len(texts)} texts; the limit is {config.max_inputs}",
+            param="input",
+            code="too_many_inputs",
+        )
+    for i, t in enumerate(texts):
+        if len(t) > config.max_text_chars:
+            raise ApiError(
+                413,
+                f"input[{i}] has {len(t)} characters; the limit is {config.max_text_chars}",
+                param="input",
+                code="text_too_long",
+            )
+        if not t.strip():
+            raise ApiError(422, f"input[{i}] is empty", param="input")
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(422, f"encoding_format must be 'float' or 'base64', got {fmt!r}", param="encoding_format")
+    dims = body.get("dimensions")
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool)):
+        raise ApiError(422, f"dimensions must be an integer, got {dims!r}", param="dimensions")
+    return texts, fmt, dims
+
+
+def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None = None) -> FastAPI:
+    """The service over ``embedder``; the batcher starts with the app and drains when it stops."""
+    metrics = metrics or Metrics()
+    state: dict[str, DynamicBatcher] = {}
+
+    def encode(texts: list[str], dimensions: int | None) -> Any:
+        return embedder.encode(texts, batch_size=config.encode_batch_size, dimensions=dimensions)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state["batcher"] = DynamicBatcher(
+            encode,
+            max_batch_tokens=config.max_batch_tokens,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            enabled=config.batching,
+            metrics=metrics,
+        )
+        log.info("serving %s (dim %d) batching=%s", embedder.name, embedder.dim, config.batching)
+        yield
+        # uvicorn has let the in-flight requests finish by now; anything still queued is encoded before exit.
+        await asyncio.to_thread(state["batcher"].close)
+
+    app = FastAPI(title="simtool", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    key = (config.api_key or "").encode()
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        path = request.url.path
+        if key and path != "/health":
+            given = request.headers.get("authorization", "")
+            token = given[7:].encode() if given[:7].lower() == "bearer " else b""
+            if not hmac.compare_digest(token, key):
+                response: Response = ApiError(
+                    401, "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key"
+                ).response()
+                metrics.request(path if path in ROUTES else "other", request.method, 401, time.perf_counter() - started)
+                return response
+        try:
+            response = await call_next(request)
+        except ApiError as e:
+            response = e.response()
+        metrics.request(
+            path if path in ROUTES else "other", request.method, response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return e.response()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        texts, fmt, dims = parse_embedding_request(await read_json(request, config.max_body_bytes), config)
+        try:
+            embedder.check_dimensions(dims)
+        except SimtoolError as e:
+            raise ApiError(400, str(e), param="dimensions", code="dimensions_not_supported") from None
+        if sum(map(len, texts)) <= INLINE_COUNT_CHARS:
+            counts = embedder.count_tokens(texts)
+        else:
+            counts = await asyncio.to_thread(embedder.count_tokens, texts)
+        tokens = sum(counts)
+        try:
+            future = state["batcher"].submit(texts, tokens, dims)
+        except QueueFullError as e:
+            metrics.reject("queue_full")
+            raise ApiError(429, str(e), code="queue_full") from None
+        vectors = await asyncio.wrap_future(future)
+        if fmt == "base64":
+            items: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            items = vectors.tolist()
+        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)]
+        body = {
+            "object": "list",
+            "data": data,
+            "model": embedder.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": embedder.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "simtool",
+                    "dimensions": embedder.dim,
+                    "truncatable": embedder.truncatable,
+                }
+            ],
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": embedder.name}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def load_embedder(config: ServeConfig) -> Embedder:
+    if config.index_dir is not None:
+        return Embedder.from_index(config.index_dir, device=config.device)
+    return Embedder.from_model(config.model, device=config.device)
+
+
+def app_from_env() -> FastAPI:
+    """The app factory each ``--workers`` process calls: the config arrives as JSON in the environment."""
+    config = ServeConfig.from_json(os.environ[CONFIG_ENV])
+    return create_app(load_embedder(config), config)

@@ -1,0 +1,63 @@
+"""``simtool train``: the recipe-agnostic loop (:mod:`.loop`), streamed data (:mod:`.data`) and the recipes
+(:mod:`.recipes`, one module each). The public names are re-exported here."""
+
+from simtool.training.data import (
+    batches_without_duplicates,
+    epoch_batches,
+    read_training_rows,
+    scan_training_file,
+    shuffled,
+    training_columns,
+)
+from simtool.training.loop import (
+    ACCUMULATION,
+    PRECISIONS,
+    STATE_FILE,
+    NonFiniteLossError,
+    StepInfo,
+    TrainConfig,
+    TrainingInterrupted,
+    TrainResult,
+    autocast_dtype,
+    build_loss,
+    checkpoints_dir,
+    init_distributed,
+    latest_checkpoint,
+    list_checkpoints,
+    rng_state,
+    set_dropout,
+    set_rng_state,
+    train,
+)
+from simtool.training.recipes import RECIPES, Recipe, get_recipe, register
+
+__all__ = [
+    "ACCUMULATION",
+    "PRECISIONS",
+    "RECIPES",
+    "STATE_FILE",
+    "NonFiniteLossError",
+    "Recipe",
+    "StepInfo",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "autocast_dtype",
+    "batches_without_duplicates",
+    "build_loss",
+    "checkpoints_dir",
+    "epoch_batches",
+    "get_recipe",
+    "init_distributed",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "read_training_rows",
+    "register",
+    "rng_state",
+    "scan_training_file",
+    "set_dropout",
+    "set_rng_state",
+    "shuffled",
+    "train",
+    "training_columns",
+]

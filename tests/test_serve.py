@@ -1,0 +1,249 @@
+"""`simtool serve` over real HTTP on localhost: uvicorn in a thread, the real `openai` client, a tiny model."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from simtool.errors import SimtoolError
+from simtool.serve.config import ServeConfig
+
+KEY = "s3cret-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(config: ServeConfig) -> Iterator[str]:
+    import uvicorn
+
+    from simtool.serve.app import create_app, load_embedder
+
+    app = create_app(load_embedder(config), config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{config.port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def open_server(tiny_st: Path) -> Iterator[str]:
+    cfg = ServeConfig(
+        model=str(tiny_st), port=_free_port(), device="cpu", max_inputs=8, max_text_chars=200, max_body_bytes=4096
+    )
+    yield from _start(cfg)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_st: Path) -> Iterator[str]:
+    yield from _start(ServeConfig(model=str(tiny_st), port=_free_port(), device="cpu", api_key=KEY))
+
+
+def _reference(tiny_st: Path, texts: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> np.ndarray:
+    from tests.conftest import run_cli
+
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(texts) + "\n")
+    code, _, err = run_cli(
+        capsys, "encode", str(corpus), "-o", str(tmp_path / "v.npy"), "--model", str(tiny_st), "--json"
+    )
+    assert code == 0, err
+    return np.load(tmp_path / "v.npy")
+
+
+@pytest.mark.timeout(120)
+def test_openai_client_float_and_base64_equal_simtool_encode(
+    open_server: str, tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import openai
+
+    texts = ["the red cat sat", "python code error", "a slow boat at night"]
+    reference = _reference(tiny_st, texts, tmp_path, capsys)
+    client = openai.OpenAI(base_url=f"{open_server}/v1", api_key="unused")
+    for fmt in ("float", "base64"):
+        resp = client.embeddings.create(model="tiny", input=texts, encoding_format=fmt)  # type: ignore[arg-type]
+        rows = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+        if fmt == "base64":  # asked for explicitly, the client hands back the string: little-endian float32
+            rows = [np.frombuffer(base64.b64decode(r), dtype="<f4") for r in rows]  # type: ignore[arg-type]
+        got = np.array(rows)
+        np.testing.assert_allclose(got, reference, atol=1e-6)
+        assert resp.usage.prompt_tokens > len(texts)  # [CLS] and [SEP] at least, per text
+    default = client.embeddings.create(model="tiny", input=texts[0])  # the client asks for base64 by default
+    np.testing.assert_allclose(default.data[0].embedding, reference[0], atol=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_limits_give_json_errors(open_server: str) -> None:
+    url = f"{open_server}/v1/embeddings"
+    cases = [
+        ({"input": ["a cat"] * 9, "model": "m"}, 413, "too_many_inputs"),
+        ({"input": "cat " * 100, "model": "m"}, 413, "text_too_long"),
+        ({"input": [], "model": "m"}, 422, None),
+        ({"input": [1, 2, 3], "model": "m"}, 422, None),
+        ({"input": "a cat", "encoding_format": "int8"}, 422, None),
+        ({"input": "a cat", "dimensions": 4}, 400, "dimensions_not_supported"),
+    ]
+    for body, status, code in cases:
+        r = httpx.post(url, json=body)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["error"]["message"]
+        if code:
+            assert r.json()["error"]["code"] == code
+    big = httpx.post(url, content=b'{"input": "' + b"a" * 5000 + b'"}', headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    assert httpx.post(url, content=b"{not json").status_code == 422
+    assert "not ordered by variance" in httpx.post(url, json={"input": "a", "dimensions": 4}).json()["error"]["message"]
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_requests_are_batched_and_metrics_count_them(open_server: str, tiny_st: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from simtool.encoder import load_encoder
+
+    texts = [f"the {w} cat number {i}" for i, w in enumerate(["red", "big", "old", "new"] * 8)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda t: httpx.post(f"{open_server}/v1/embeddings", json={"input": t}), texts))
+    got = np.array([r.json()["data"][0]["embedding"] for r in results])
+    # a batched encode pads to the longest text; the attention mask keeps each row equal to a lone encode
+    np.testing.assert_allclose(got, load_encoder(str(tiny_st), device="cpu").encode(texts), atol=1e-5)
+    metrics = httpx.get(f"{open_server}/metrics").text
+    assert 'simtool_requests_total{route="/v1/embeddings",method="POST",status="200"}' in metrics
+    assert "simtool_queue_depth 0" in metrics
+    count = next(line for line in metrics.splitlines() if line.startswith("simtool_batch_requests_count"))
+    inputs = next(line for line in metrics.splitlines() if line.startswith("simtool_batch_inputs_sum"))
+    assert float(inputs.split()[1]) >= 32 and int(count.split()[1]) >= 1
+    models = httpx.get(f"{open_server}/v1/models").json()
+    assert models["data"][0]["dimensions"] == len(got[0])
+
+
+@pytest.mark.timeout(60)
+def test_api_key_guards_every_route_but_health(keyed_server: str) -> None:
+    import openai
+
+    assert httpx.get(f"{keyed_server}/health").status_code == 200
+    for path in ("/v1/models", "/metrics"):
+        assert httpx.get(f"{keyed_server}{path}").status_code == 401
+        assert httpx.get(f"{keyed_server}{path}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{keyed_server}{path}", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{keyed_server}/v1", api_key="wrong").embeddings.create(model="m", input="a cat")
+    ok = openai.OpenAI(base_url=f"{keyed_server}/v1", api_key=KEY).embeddings.create(model="m", input="a cat")
+    assert len(ok.data[0].embedding) > 0
+
+
+def test_non_loopback_host_needs_a_key() -> None:
+    with pytest.raises(SimtoolError, match="not a loopback"):
+        ServeConfig(host="0.0.0.0").check()
+    ServeConfig(host="0.0.0.0", api_key=KEY).check()
+    ServeConfig(host="::1").check()
+
+
+def test_full_queue_is_refused() -> None:
+    from simtool.serve.batcher import DynamicBatcher, QueueFullError
+
+    release = threading.Event()
+
+    def slow(texts: list[str], dims: int | None) -> np.ndarray:
+        release.wait(10)
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    batcher = DynamicBatcher(slow, max_queue=2, max_wait_ms=0)
+    first = batcher.submit(["a"], 3)
+    deadline = time.monotonic() + 5
+    while batcher.depth and time.monotonic() < deadline:  # the worker holds the first job in its encode
+        time.sleep(0.01)
+    batcher.submit(["b"], 3)
+    batcher.submit(["c"], 3)
+    with pytest.raises(QueueFullError, match="full"):
+        batcher.submit(["d"], 3)
+    release.set()
+    batcher.close(5)
+    assert first.result(5).shape == (1, 2)
+
+
+def test_batcher_packs_within_the_token_budget() -> None:
+    from simtool.serve.batcher import DynamicBatcher
+
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def encode(texts: list[str], dims: int | None) -> np.ndarray:
+        gate.wait(10)
+        sizes.append(len(texts))
+        return np.arange(len(texts), dtype=np.float32)[:, None]
+
+    batcher = DynamicBatcher(encode, max_batch_tokens=10, max_wait_ms=50)
+    futures = [batcher.submit([str(i)], 4) for i in range(6)]  # 4 tokens each: at most 2 per batch
+    gate.set()
+    batcher.close(5)
+    assert all(f.result(1).shape == (1, 1) for f in futures)
+    assert max(sizes) <= 2 and sum(sizes) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_finishes_in_flight_requests_then_exits(tiny_st: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    # a 1.5 s batching wait keeps the request in flight when SIGTERM arrives
+    cmd = [
+        sys.executable,
+        "-m",
+        "simtool",
+        "serve",
+        "--model",
+        str(tiny_st),
+        "--port",
+        str(port),
+        "--max-wait-ms",
+        "1500",
+    ]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        result: dict[str, httpx.Response] = {}
+        thread = threading.Thread(
+            target=lambda: result.update(
+                r=httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "a cat"}, timeout=30)
+            )
+        )
+        thread.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        thread.join(30)
+        assert result["r"].status_code == 200 and len(result["r"].json()["data"][0]["embedding"]) > 0
+        # uvicorn re-raises SIGTERM once it has drained, so the exit is by the signal, not a crash
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
