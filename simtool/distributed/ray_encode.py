@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RAY_EXTRA_HINT = "Ray is not installed; run `pip install 'simtool[ray]'`"
 READ_BLOCK_ROWS = 4096  # rows per block a read task yields: small enough to stream, big enough to batch
+READ_CPUS = 0.25  # a read task parses text; it must find a CPU slot beside the encoder actors
 
 
 def require_ray() -> Any:
@@ -50,13 +51,16 @@ class RayOptions:
 
     ``workers``: encoder actors (default: one per CPU, or per GPU when ``gpus_per_worker`` > 0).
     ``gpus_per_worker``: ``num_gpus`` of each actor (0 on CPU-only clusters; fractions share a GPU).
+    ``cpus_per_worker``: ``num_cpus`` of each actor; ``None`` shares the cluster's CPUs among the actors
+    less :data:`READ_CPUS` for the read tasks, so actors never hold every CPU and starve the reads.
     ``num_cpus``: CPUs of a local cluster started here (``None``: all of them).
+    ``batch_size``: rows per ``map_batches`` call (the encoder's own forward batch is separate).
     """
 
     address: str | None = None
     workers: int | None = None
     gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None
     num_cpus: int | None = None
     batch_size: int = 1024
 
@@ -67,6 +71,29 @@ class RayOptions:
             raise SimtoolError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         if self.batch_size <= 0:
             raise SimtoolError(f"batch_size must be positive, got {self.batch_size}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise SimtoolError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
+        if self.num_cpus is not None and self.num_cpus <= 0:
+            raise SimtoolError(f"num_cpus must be positive, got {self.num_cpus}")
+
+    def plan(self, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float]:
+        """``(workers, cpus_per_worker)`` on a cluster with these resources."""
+        if self.gpus_per_worker and cluster_gpus < self.gpus_per_worker:
+            raise SimtoolError(f"gpus_per_worker is {self.gpus_per_worker} but the Ray cluster has {cluster_gpus} GPUs")
+        spare = max(cluster_cpus - READ_CPUS, READ_CPUS)
+        if self.workers is not None:
+            workers = self.workers
+        elif self.gpus_per_worker:
+            workers = max(1, int(cluster_gpus // self.gpus_per_worker))
+        else:
+            workers = max(1, int(cluster_cpus))
+        cpus = self.cpus_per_worker if self.cpus_per_worker is not None else min(1.0, spare / workers)
+        if workers * cpus > spare + 1e-9:
+            raise SimtoolError(
+                f"workers={workers} x cpus_per_worker={cpus} leaves no CPU for reading on a "
+                f"{cluster_cpus:g}-CPU Ray cluster; lower workers or cpus_per_worker"
+            )
+        return workers, cpus
 
 
 def init_ray(options: RayOptions) -> Any:
@@ -198,7 +225,9 @@ def ray_dataset(
             raise CorpusError(f"{p}: no such file")
     fields = {"text": text_field, "id": id_field, "title": title_field}
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    return ray.data.read_datasource(_corpus_datasource(files, fields), override_num_blocks=len(files))
+    return ray.data.read_datasource(
+        _corpus_datasource(files, fields), override_num_blocks=len(files), num_cpus=READ_CPUS
+    )
 
 
 # --------------------------------------------------------------------------- encoding
@@ -245,10 +274,9 @@ def encoded_dataset(
     ray = require_ray()
     gpus = options.gpus_per_worker
     resources = ray.cluster_resources()
-    workers = options.workers or max(
-        1, int(resources.get("GPU" if gpus else "CPU", 1) // (gpus or options.cpus_per_worker))
-    )
-    threads = max(1, int(options.cpus_per_worker))
+    workers, cpus = options.plan(float(resources.get("CPU", 1)), float(resources.get("GPU", 0)))
+    threads = max(1, round(cpus))  # torch's default (every core) would oversubscribe actors sharing a node
+    log.info("Ray encode: %d workers x %.2f CPUs, %.2f GPUs each", workers, cpus, gpus)
     return ds.map_batches(
         EncoderActor,
         fn_constructor_kwargs={
@@ -261,7 +289,7 @@ def encoded_dataset(
         batch_size=options.batch_size,
         batch_format="numpy",
         concurrency=workers,
-        num_cpus=options.cpus_per_worker,
+        num_cpus=cpus,
         num_gpus=gpus or None,
     )
 
