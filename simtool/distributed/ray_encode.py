@@ -114,7 +114,7 @@ def init_ray(options: RayOptions) -> Any:
 def _parquet_documents(
     path: Path, text_field: str | None, id_field: str | None, title_field: str | None
 ) -> Iterator[Document]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     try:
         table = pq.ParquetFile(path)
@@ -154,7 +154,7 @@ def iter_corpus(
 
 
 def _rows_block(docs: Sequence[Document], file_index: int, first_row: int) -> Any:
-    import pyarrow as pa
+    import pyarrow as pa  # type: ignore[import-untyped]
 
     return pa.table(
         {
@@ -170,13 +170,18 @@ def _rows_block(docs: Sequence[Document], file_index: int, first_row: int) -> An
 
 
 def _read_file_blocks(
-    path: Path, file_index: int, text_field: str | None, id_field: str | None, title_field: str | None
+    path: Path,
+    file_index: int,
+    text_field: str | None,
+    id_field: str | None,
+    title_field: str | None,
+    block_rows: int = READ_BLOCK_ROWS,
 ) -> Iterator[Any]:
     chunk: list[Document] = []
     row = 0
     for doc in iter_corpus(path, text_field, id_field, title_field):
         chunk.append(doc)
-        if len(chunk) == READ_BLOCK_ROWS:
+        if len(chunk) == block_rows:
             yield _rows_block(chunk, file_index, row)
             row += len(chunk)
             chunk = []
@@ -184,7 +189,7 @@ def _read_file_blocks(
         yield _rows_block(chunk, file_index, row)
 
 
-def _corpus_datasource(paths: Sequence[Path], fields: dict[str, str | None]) -> Any:
+def _corpus_datasource(paths: Sequence[Path], fields: dict[str, str | None], block_rows: int) -> Any:
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
@@ -194,13 +199,17 @@ def _corpus_datasource(paths: Sequence[Path], fields: dict[str, str | None]) -> 
         def estimate_inmemory_data_size(self) -> int | None:
             return sum(p.stat().st_size for p in paths)
 
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, **_: Any) -> list[Any]:
+        def get_read_tasks(  # type: ignore[override]
+            self, parallelism: int, per_task_row_limit: int | None = None, **_: Any
+        ) -> list[Any]:
             tasks = []
             for i, path in enumerate(paths):
                 meta = BlockMetadata(
                     num_rows=None, size_bytes=path.stat().st_size, exec_stats=None, input_files=(str(path),)
                 )
-                read = functools.partial(_read_file_blocks, path, i, fields["text"], fields["id"], fields["title"])
+                read = functools.partial(
+                    _read_file_blocks, path, i, fields["text"], fields["id"], fields["title"], block_rows
+                )
                 tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
             return tasks
 
@@ -213,9 +222,13 @@ def ray_dataset(
     text_field: str | None = None,
     id_field: str | None = None,
     title_field: str | None = None,
+    block_rows: int = READ_BLOCK_ROWS,
 ) -> ray.data.Dataset:
     """A Ray dataset of the corpus rows (``id``, ``encoded_text``, ``title``, ``text``, ``metadata``, ``file``,
-    ``row``), one read task per file, in file order then line order."""
+    ``row``), one read task per file, in file order then line order.
+
+    A block is the unit an actor receives, so ``block_rows`` near the ``map_batches`` batch size spreads
+    even a single file across every actor."""
     ray = require_ray()
     files = [Path(p) for p in paths]
     if not files:
@@ -226,7 +239,7 @@ def ray_dataset(
     fields = {"text": text_field, "id": id_field, "title": title_field}
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     return ray.data.read_datasource(
-        _corpus_datasource(files, fields), override_num_blocks=len(files), num_cpus=READ_CPUS
+        _corpus_datasource(files, fields, block_rows), override_num_blocks=len(files), num_cpus=READ_CPUS
     )
 
 
@@ -261,6 +274,12 @@ class EncoderActor:
         return {**batch, "embedding": vectors}
 
 
+def actor_plan(options: RayOptions) -> tuple[int, float]:
+    """``(workers, cpus_per_worker)`` for the connected Ray cluster."""
+    resources = require_ray().cluster_resources()
+    return options.plan(float(resources.get("CPU", 1)), float(resources.get("GPU", 0)))
+
+
 def encoded_dataset(
     ds: ray.data.Dataset,
     model: str | None,
@@ -271,10 +290,8 @@ def encoded_dataset(
     batch_size: int = 64,
 ) -> ray.data.Dataset:
     """``ds`` plus an ``embedding`` column, ``(d,) float32`` per row, from a pool of encoder actors."""
-    ray = require_ray()
     gpus = options.gpus_per_worker
-    resources = ray.cluster_resources()
-    workers, cpus = options.plan(float(resources.get("CPU", 1)), float(resources.get("GPU", 0)))
+    workers, cpus = actor_plan(options)
     threads = max(1, round(cpus))  # torch's default (every core) would oversubscribe actors sharing a node
     log.info("Ray encode: %d workers x %.2f CPUs, %.2f GPUs each", workers, cpus, gpus)
     return ds.map_batches(
@@ -309,13 +326,19 @@ def encode_file_ray(
     """Encode corpus files on Ray into ``output`` (``.npy``, ``(n, d) float32``) and ``OUT.ids.json``.
 
     The rows come back in file then line order, so the result is the single-process ``encode_file``'s.
-    Returns ``{"n", "dim", "ids", "seconds"}``. Both files are written atomically.
+    Returns ``{"n", "dim", "ids", "workers", "seconds"}``. Both files are written atomically.
     """
     from simtool.encoder import ids_path_for, progress_bar
 
     init_ray(options)
     fields = fields or {}
-    ds = ray_dataset(paths, text_field=fields.get("text"), id_field=fields.get("id"), title_field=fields.get("title"))
+    ds = ray_dataset(
+        paths,
+        text_field=fields.get("text"),
+        id_field=fields.get("id"),
+        title_field=fields.get("title"),
+        block_rows=options.batch_size,
+    )
     encoded = encoded_dataset(ds, model, pooling, max_seq_length, options=options, batch_size=batch_size)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -328,7 +351,7 @@ def encode_file_ray(
     try:
         with os.fdopen(fd, "wb") as raw, progress_bar(0, "encode (ray)", progress) as bar:
             for batch in encoded.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                vectors = np.ascontiguousarray(np.stack(batch["embedding"]), dtype=np.float32)
+                vectors = np.ascontiguousarray(np.stack(list(batch["embedding"])), dtype=np.float32)
                 dim = vectors.shape[1]
                 raw.write(vectors.tobytes())
                 ids.extend(str(i) for i in batch["id"])
@@ -351,7 +374,7 @@ def encode_file_ray(
         json.dump(ids, f, ensure_ascii=False)
     seconds = time.perf_counter() - started
     log.info("encoded %d documents on Ray in %.1fs", len(ids), seconds)
-    return {"n": len(ids), "dim": dim, "ids": str(ids_path), "seconds": seconds}
+    return {"n": len(ids), "dim": dim, "ids": str(ids_path), "workers": actor_plan(options)[0], "seconds": seconds}
 
 
 def check_unique_ids(ids: list[str], paths: Sequence[str | Path]) -> None:
