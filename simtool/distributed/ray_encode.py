@@ -256,14 +256,18 @@ class EncoderActor:
         max_seq_length: int | None,
         batch_size: int,
         threads: int | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         import torch
 
-        from simtool.encoder import default_device, load_encoder
+        from simtool.encoder import default_device, load_encoder, model_fingerprint
 
         if threads:
             torch.set_num_threads(threads)
         self.model = load_encoder(model, pooling, default_device(), max_seq_length)
+        if fingerprint is not None and model_fingerprint(self.model) != fingerprint:
+            # a worker whose copy of the model differs (another node, another file) would corrupt an index
+            raise SimtoolError(f"model {model} on this Ray worker does not have the index's fingerprint {fingerprint}")
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -288,8 +292,11 @@ def encoded_dataset(
     *,
     options: RayOptions,
     batch_size: int = 64,
+    fingerprint: str | None = None,
 ) -> ray.data.Dataset:
-    """``ds`` plus an ``embedding`` column, ``(d,) float32`` per row, from a pool of encoder actors."""
+    """``ds`` plus an ``embedding`` column, ``(d,) float32`` per row, from a pool of encoder actors.
+
+    ``fingerprint``: every actor checks its model against it (an index's recorded model)."""
     gpus = options.gpus_per_worker
     workers, cpus = actor_plan(options)
     threads = max(1, round(cpus))  # torch's default (every core) would oversubscribe actors sharing a node
@@ -302,6 +309,7 @@ def encoded_dataset(
             "max_seq_length": max_seq_length,
             "batch_size": batch_size,
             "threads": threads,
+            "fingerprint": fingerprint,
         },
         batch_size=options.batch_size,
         batch_format="numpy",
