@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -422,3 +423,85 @@ def test_index_routes_need_the_key_and_an_index(keyed_server: str, open_server: 
         ok = httpx.request(method, f"{keyed_server}{path}", json=body, headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code == 404 and "--index-dir" in ok.json()["error"]["message"]
         assert httpx.request(method, f"{open_server}{path}", json=body).json()["error"]["code"] == "no_index"
+
+
+def _spawn_server(*args: str) -> tuple[Any, str]:
+    import os
+    import subprocess
+    import sys
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "simtool", "serve", "--port", str(port), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kill_9_during_document_writes_loses_no_acknowledged_write(
+    tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import random
+    import signal
+
+    from simtool.corpus import Document
+    from simtool.encoder import load_encoder
+    from simtool.index import build_index
+    from simtool.retriever import Retriever
+    from tests.conftest import run_cli
+
+    path = tmp_path / "idx"
+    build_index([Document(id="init", text="the first document")], path, model=load_encoder(tiny_st), progress=False)
+    rng = random.Random(3)
+    acked: dict[str, str] = {}
+    lock = threading.Lock()
+    for trial in range(2):  # the second server also recovers what the first kill left
+        proc, url = _spawn_server("--index-dir", str(path))
+        stop = threading.Event()
+
+        def client(c: int, url: str = url, trial: int = trial, stop: threading.Event = stop) -> None:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                for n in range(10_000):  # bounded; the kill ends it long before
+                    if stop.is_set():
+                        return
+                    docs = [{"id": f"t{trial}c{c}n{n}d{j}", "text": f"text {trial} {c} {n} {j}"} for j in range(3)]
+                    try:
+                        r = http.post("/v1/documents", json={"documents": docs})
+                    except httpx.TransportError:
+                        return
+                    if r.status_code == 200:
+                        with lock:
+                            acked.update((d["id"], d["text"]) for d in docs)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(3)]
+        for t in threads:
+            t.start()
+        before = len(acked)
+        deadline = time.monotonic() + 30
+        while len(acked) < before + 15 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert len(acked) >= before + 15, "the server acknowledged too few writes to test anything"
+        with Retriever.load(path, load_model=False) as r:
+            _, live = r.live_vectors()
+            docs = r.get(sorted(acked))
+        assert len(live) == len(set(live))
+        assert set(acked) <= set(live), f"{len(set(acked) - set(live))} acknowledged documents lost"
+        assert {i: d.text for i, d in docs.items()} == acked
+    code, out, err = run_cli(capsys, "index", "verify", "--index-dir", str(path), "--json")
+    assert code == 0, out + err
