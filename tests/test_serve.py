@@ -505,3 +505,33 @@ def test_kill_9_during_document_writes_loses_no_acknowledged_write(
         assert {i: d.text for i, d in docs.items()} == acked
     code, out, err = run_cli(capsys, "index", "verify", "--index-dir", str(path), "--json")
     assert code == 0, out + err
+
+
+@pytest.mark.timeout(120)
+def test_whitened_index_server_embeds_writes_and_searches_through_its_reducers(tiny_st: Path, tmp_path: Path) -> None:
+    import random
+
+    from simtool.corpus import Document
+    from simtool.index import build_index
+    from simtool.reduce.workflows import whiten_index
+    from simtool.retriever import Retriever
+    from tests.conftest import WORDS
+
+    rng = random.Random(5)
+    path = tmp_path / "idx"
+    docs = [Document(id=f"d{i}", text=" ".join(rng.choices(WORDS, k=8))) for i in range(80)]
+    build_index(docs, path, model=str(tiny_st), progress=False)
+    whiten_index(path, dim=12, progress=False)
+    texts = ["the red cat", "python code error"]
+    with Retriever.load(path, device="cpu") as r:
+        reference = r.encode(texts)
+    assert reference.shape == (2, 12)
+    for url in _start(ServeConfig(index_dir=str(path), port=_free_port(), device="cpu")):
+        got = httpx.post(f"{url}/v1/embeddings", json={"input": texts}).json()["data"]
+        np.testing.assert_allclose([d["embedding"] for d in got], reference, atol=1e-5)
+        short = httpx.post(f"{url}/v1/embeddings", json={"input": texts, "dimensions": 6})
+        assert short.status_code == 200 and len(short.json()["data"][0]["embedding"]) == 6
+        assert httpx.post(f"{url}/v1/documents", json={"documents": [{"id": "z", "text": "zebra"}]}).status_code == 200
+        (hit,) = _search(url, query="zebra", k=1).json()["results"]
+        # the document was encoded raw and reduced by the index, the query by the server: the same vector
+        assert hit["id"] == "z" and hit["score"] == pytest.approx(1.0, abs=1e-4)
