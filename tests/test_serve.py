@@ -535,3 +535,41 @@ def test_whitened_index_server_embeds_writes_and_searches_through_its_reducers(t
         (hit,) = _search(url, query="zebra", k=1).json()["results"]
         # the document was encoded raw and reduced by the index, the query by the server: the same vector
         assert hit["id"] == "z" and hit["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_searches_racing_writes_see_only_whole_commits(index_server: str) -> None:
+    seen: list[set[str]] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        with httpx.Client(base_url=index_server, timeout=30) as http:
+            while not done.is_set():
+                r = http.post("/v1/search", json={"query": "red cat", "k": 100})
+                if r.status_code != 200:
+                    errors.append(r.text)
+                    continue
+                ids = [h["id"] for h in r.json()["results"]]
+                if len(ids) != len(set(ids)):
+                    errors.append(f"duplicate ids {ids}")
+                seen.append({i for i in ids if i.startswith("race")})
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    url = f"{index_server}/v1/documents"
+    for n in range(6):  # each commit adds a pair: a reader sees both of a pair or neither
+        pair = [{"id": f"race{n}a", "text": f"pair {n} left"}, {"id": f"race{n}b", "text": f"pair {n} right"}]
+        assert httpx.post(url, json={"documents": pair}, timeout=30).status_code == 200
+    ids = [f"race{n}{s}" for n in range(6) for s in "ab"]
+    for half in (ids[:6], ids[6:]):  # within max_inputs=8
+        assert httpx.request("DELETE", url, json={"ids": half}, timeout=30).json()["deleted"] == 6
+    done.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    prefixes = [set(ids[: 2 * n]) for n in range(7)] + [set(ids[6:])]
+    assert seen and all(s in prefixes for s in seen), [sorted(s) for s in seen if s not in prefixes][:3]
+    final = httpx.post(f"{index_server}/v1/search", json={"query": "red cat", "k": 100}).json()["results"]
+    assert not [h for h in final if h["id"].startswith("race")]
