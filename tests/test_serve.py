@@ -573,3 +573,26 @@ def test_searches_racing_writes_see_only_whole_commits(index_server: str) -> Non
     assert seen and all(s in prefixes for s in seen), [sorted(s) for s in seen if s not in prefixes][:3]
     final = httpx.post(f"{index_server}/v1/search", json={"query": "red cat", "k": 100}).json()["results"]
     assert not [h for h in final if h["id"].startswith("race")]
+
+
+def test_index_write_with_precomputed_vectors_keeps_the_rows_it_adds(tiny_st: Path, tmp_path: Path) -> None:
+    from simtool.corpus import Document
+    from simtool.encoder import load_encoder
+    from simtool.errors import SimtoolError as Err
+    from simtool.index import Index, build_index
+    from simtool.retriever import Retriever
+
+    encoder = load_encoder(tiny_st, device="cpu")
+    build_index([Document(id="a", text="first"), Document(id="b", text="second")], tmp_path / "i", model=encoder)
+    rng = np.random.default_rng(0)
+    given = rng.standard_normal((3, 32)).astype(np.float32)
+    docs = [Document(id=i, text=f"text {i}") for i in ("b", "c", "d")]
+    result = Index(tmp_path / "i", encoder=encoder).write(docs, vectors=given, on_duplicate="skip")
+    assert (result.added, result.skipped) == (2, 1)
+    with Retriever.load(tmp_path / "i", load_model=False) as r:
+        raw, ids = r.live_vectors()
+    rows = dict(zip(ids, raw, strict=True))
+    np.testing.assert_array_equal(np.stack([rows["c"], rows["d"]]), given[1:])  # b kept its old vector
+    np.testing.assert_allclose(rows["b"], encoder.encode(["second"])[0], atol=1e-6)
+    with pytest.raises(Err, match="vectors has 2 rows for 3 documents"):
+        Index(tmp_path / "i", encoder=encoder).write(docs, vectors=given[:2])
