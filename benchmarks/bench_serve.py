@@ -70,13 +70,16 @@ def free_port() -> int:
 
 
 def start_server(
-    model: str | None, batching: bool, max_wait_ms: float, index_dir: Path | None = None
+    model: str | None, batching: bool, max_wait_ms: float, index_dir: Path | None = None, threads: int | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "simtool", "serve", "--port", str(port), "--max-wait-ms", str(max_wait_ms)]
     cmd += ["--index-dir", str(index_dir)] if index_dir else ["--model", model] if model else []
     cmd += [] if batching else ["--no-batching"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -182,7 +185,11 @@ def bench_search(args: argparse.Namespace) -> None:
 
     index_dir, queries = scifact_index(args.model, args.cache_dir)
     log(f"{len(queries)} SciFact test queries on {index_dir}; {args.search_clients} clients, {args.seconds:g} s")
-    proc, url = start_server(None, True, args.max_wait_ms, index_dir)
+    if args.threads:  # the same torch thread count for the server process and the in-process competitor
+        import torch
+
+        torch.set_num_threads(args.threads)
+    proc, url = start_server(args.model, True, args.max_wait_ms, index_dir, args.threads)
     rounds: list[dict[str, dict[str, float]]] = []
     try:
         with Retriever.load(index_dir, device="cpu") as retriever:
@@ -219,6 +226,7 @@ def bench_search(args: argparse.Namespace) -> None:
         "queries": len(queries),
         "clients": args.search_clients,
         "seconds": args.seconds,
+        "threads": args.threads,
         "same_top10_ids": same,
         "rounds": rounds,
         "median_qps": {m: statistics.median(r[m]["qps"] for r in rounds) for m in ("server", "in_process")},
@@ -255,6 +263,12 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--search", action="store_true", help="benchmark /v1/search on a SciFact index instead")
     p.add_argument("--search-clients", type=int, default=16)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of server and in-process (--search)",
+    )
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "simtool-bench")
     args = p.parse_args()
     if args.search:
