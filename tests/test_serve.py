@@ -596,3 +596,30 @@ def test_index_write_with_precomputed_vectors_keeps_the_rows_it_adds(tiny_st: Pa
     np.testing.assert_allclose(rows["b"], encoder.encode(["second"])[0], atol=1e-6)
     with pytest.raises(Err, match="vectors has 2 rows for 3 documents"):
         Index(tmp_path / "i", encoder=encoder).write(docs, vectors=given[:2])
+
+
+@pytest.mark.timeout(120)
+def test_server_follows_a_whitening_published_by_another_writer(tiny_st: Path, tmp_path: Path) -> None:
+    import random
+
+    from simtool.corpus import Document
+    from simtool.index import build_index
+    from simtool.reduce.workflows import whiten_index
+    from simtool.retriever import Retriever
+    from tests.conftest import WORDS
+
+    rng = random.Random(6)
+    path = tmp_path / "idx"
+    docs = [Document(id=f"d{i}", text=" ".join(rng.choices(WORDS, k=8))) for i in range(60)]
+    build_index(docs, path, model=str(tiny_st), progress=False)
+    for url in _start(ServeConfig(index_dir=str(path), port=_free_port(), device="cpu")):
+        assert len(_search(url, query="red cat", k=3).json()["results"]) == 3
+        whiten_index(path, dim=10, progress=False)  # a second writer while the server runs
+        served = _search(url, query="red cat", k=3)
+        assert served.status_code == 200, served.text
+        with Retriever.load(path, device="cpu") as r:
+            reference = [h.to_json() for h in r.search("red cat", 3)]
+            want = r.encode(["red cat"])
+        _same_results(served.json()["results"], reference)
+        got = httpx.post(f"{url}/v1/embeddings", json={"input": "red cat"}).json()["data"][0]["embedding"]
+        np.testing.assert_allclose(got, want[0], atol=1e-5)

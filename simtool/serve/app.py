@@ -199,6 +199,8 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         texts, fmt, dims = parse_embedding_request(await read_json(request, config.max_body_bytes), config)
+        if service is not None and service.stale():  # vectors follow the index's current reducers
+            await asyncio.to_thread(service.refresh_if_changed)
         try:
             embedder.check_dimensions(dims)
         except SimtoolError as e:
@@ -226,6 +228,8 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
             max_chars=config.max_text_chars,
             max_k=config.max_k,
         )
+        if index.stale():  # refresh before encoding: a new generation may carry new reducers
+            await asyncio.to_thread(index.refresh_if_changed)
         vectors, _ = await batched_encode(req.queries, None)
         hits = await asyncio.to_thread(index.search, vectors, req.k, req.filter)
         results = [search_json(q, h) for q, h in zip(req.queries, hits, strict=True)]

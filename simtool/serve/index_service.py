@@ -22,7 +22,7 @@ from simtool.corpus import Document
 from simtool.embedder import Embedder
 from simtool.errors import SimtoolError
 from simtool.filters import FilterError, parse_filter
-from simtool.index import ON_DUPLICATE, DuplicateIdError, Index
+from simtool.index import ON_DUPLICATE, DuplicateIdError, Index, load_reducers
 from simtool.manifest import MANIFEST_NAME
 from simtool.retriever import Hit, Retriever
 
@@ -171,21 +171,38 @@ class IndexService:
         self.index = Index(self.directory, encoder=embedder.encoder)
         self._write_lock = threading.Lock()
         self._seen = self._stamp()
+        self._reducers = self.retriever.manifest.reducers
 
     def _stamp(self) -> tuple[int, int, int]:
         st = os.stat(self.directory / MANIFEST_NAME)
         return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def stale(self) -> bool:
+        """True when ``manifest.json`` changed since the last look: one stat, cheap enough for the event loop."""
+        return self._stamp() != self._seen
 
     def refresh_if_changed(self) -> None:
         """Refresh the retriever when ``manifest.json`` changed since the last look (one stat otherwise)."""
         stamp = self._stamp()
         if stamp != self._seen:
             self._seen = stamp
-            self.retriever.refresh()
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self.retriever.refresh()
+        manifest = self.retriever.manifest
+        if manifest.reducers != self._reducers:  # re-whitened or projected elsewhere: encode as the index now does
+            self.embedder.reducers = load_reducers(manifest, self.directory)
+            self._reducers = manifest.reducers
+            log.info("the index's reducers changed (generation %d); queries follow", manifest.generation)
 
     def search(self, vectors: np.ndarray, k: int, filter: dict[str, Any] | None) -> list[list[Hit]]:
-        """Hits per query for ``(nq, dim)`` vectors from ``embedder.encode`` (the index's reducers applied)."""
-        self.refresh_if_changed()
+        """Hits per query for ``(nq, dim)`` vectors from ``embedder.encode`` (the index's reducers applied).
+        Call :meth:`refresh_if_changed` before encoding, so the vectors are reduced as this snapshot reduces."""
+        if vectors.shape[1] != self.retriever.manifest.dim:
+            raise RequestError(
+                503, "the index's reducers changed while this query was encoded; retry", code="index_changed"
+            )
         return self.retriever.search_encoded(vectors, k, filter=filter)
 
     def write(self, request: WriteRequest) -> dict[str, Any]:
@@ -205,7 +222,7 @@ class IndexService:
                 )
             except DuplicateIdError as e:
                 raise RequestError(409, str(e), param="documents", code="duplicate_id") from None
-            self.retriever.refresh()
+            self._refresh()
             self._seen = self._stamp()
         log.info("write: generation %d, +%d -%d", result.generation, result.added, result.deleted)
         return {
