@@ -11,10 +11,16 @@ Prints texts/s, p50/p99 latency of the servers, and per-round ratios with their 
 server ≥ 0.8× st, and server ≥ 4× unbatched. Both servers are separate processes started once; the clients share
 the machine with them, as clients on localhost do.
 
+``--search``: ``/v1/search`` instead, on an index of the SciFact corpus (``<shared data>/beir/scifact``, built once
+with the model into ``--cache-dir``); ``--search-clients`` (16) threads each POST one SciFact test query
+(``{"query", "k": 10}``, batch 1) at a time for ``--seconds``; QPS, p50/p99, interleaved per round with the
+competitor, the in-process ``Retriever.search(query, k=10)`` one query at a time on the same index.
+
 Sentences: STS-B test (``<shared data>/stsb/sbert_format/stsbenchmark.tsv.gz``) when present, else the bundled
 sample corpus. Run (from the repo root)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_serve.py [--clients 32 --seconds 10 --rounds 3 --json]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_serve.py --search [--search-clients 16 --seconds 10]
 """
 
 from __future__ import annotations
@@ -46,9 +52,7 @@ def log(msg: str) -> None:
 
 
 def sentences(n: int) -> tuple[list[str], str]:
-    env = os.environ.get("SIMTOOL_SHARED_DATA")
-    shared = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    path = shared / "stsb" / "sbert_format" / "stsbenchmark.tsv.gz"
+    path = shared_dir() / "stsb" / "sbert_format" / "stsbenchmark.tsv.gz"
     if path.exists():
         with gzip.open(path, "rt", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r["split"] == "test"]
@@ -65,12 +69,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: str | None, batching: bool, max_wait_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    model: str | None, batching: bool, max_wait_ms: float, index_dir: Path | None = None, threads: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "simtool", "serve", "--port", str(port), "--max-wait-ms", str(max_wait_ms)]
-    cmd += ["--model", model] if model else []
+    cmd += ["--index-dir", str(index_dir)] if index_dir else ["--model", model] if model else []
     cmd += [] if batching else ["--no-batching"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -86,8 +95,8 @@ def start_server(model: str | None, batching: bool, max_wait_ms: float) -> tuple
     raise SystemExit("server did not become healthy in 120 s")
 
 
-def load(url: str, texts: list[str], clients: int, seconds: float) -> dict[str, float]:
-    """``clients`` threads, each posting one sentence per request until ``seconds`` have passed."""
+def load(url: str, texts: list[str], clients: int, seconds: float, route: str = "/v1/embeddings") -> dict[str, float]:
+    """``clients`` threads, each posting one sentence (``route``: one query) per request until ``seconds`` pass."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     start = time.perf_counter()
@@ -98,7 +107,9 @@ def load(url: str, texts: list[str], clients: int, seconds: float) -> dict[str, 
             j = i
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                r = http.post("/v1/embeddings", json={"input": texts[j % len(texts)], "model": "bench"})
+                text = texts[j % len(texts)]
+                body = {"query": text, "k": 10} if route == "/v1/search" else {"input": text, "model": "bench"}
+                r = http.post(route, json=body)
                 if r.status_code == 200:
                     latencies[i].append(time.perf_counter() - t0)
                 else:
@@ -127,6 +138,120 @@ def in_process(model: Any, texts: list[str]) -> dict[str, float]:
     return {"texts_per_s": len(texts) / (time.perf_counter() - t0)}
 
 
+def shared_dir() -> Path:
+    env = os.environ.get("SIMTOOL_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def scifact_index(model: str | None, cache_dir: Path) -> tuple[Path, list[str]]:
+    """The SciFact corpus indexed with ``model`` (built once into ``cache_dir``), and the test queries."""
+    from simtool.index import build_index
+
+    scifact = shared_dir() / "beir" / "scifact"
+    if not (scifact / "corpus.jsonl").exists():
+        raise SystemExit(f"bench_serve --search: needs {scifact}/corpus.jsonl (set SIMTOOL_SHARED_DATA)")
+    name = Path(model).name if model else "all-MiniLM-L6-v2"
+    index_dir = cache_dir / f"scifact-index-{name}"
+    if not (index_dir / "manifest.json").exists():
+        log(f"building the SciFact index in {index_dir} (once; cached)")
+        build_index(scifact / "corpus.jsonl", index_dir, model=model, gpu=False, progress=True)
+    test = {line.split("\t")[0] for line in (scifact / "qrels" / "test.tsv").read_text().splitlines()[1:]}
+    with open(scifact / "queries.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return index_dir, [r["text"] for r in rows if r["_id"] in test]
+
+
+def in_process_search(retriever: Any, queries: list[str], seconds: float) -> dict[str, float]:
+    """The competitor: ``Retriever.search(query, k=10)``, one query at a time, for ``seconds``."""
+    lat = []
+    start = time.perf_counter()
+    for i in range(10**9):  # bounded by the clock below
+        if time.perf_counter() - start >= seconds:
+            break
+        t0 = time.perf_counter()
+        retriever.search(queries[i % len(queries)], 10)
+        lat.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - start
+    lat.sort()
+    return {
+        "qps": len(lat) / wall,
+        "p50_ms": 1000 * lat[len(lat) // 2],
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+    }
+
+
+def bench_search(args: argparse.Namespace) -> None:
+    from simtool.retriever import Retriever
+
+    index_dir, queries = scifact_index(args.model, args.cache_dir)
+    log(f"{len(queries)} SciFact test queries on {index_dir}; {args.search_clients} clients, {args.seconds:g} s")
+    if args.threads:  # the same torch thread count for the server process and the in-process competitor
+        import torch
+
+        torch.set_num_threads(args.threads)
+    proc, url = start_server(args.model, True, args.max_wait_ms, index_dir, args.threads)
+    rounds: list[dict[str, dict[str, float]]] = []
+    try:
+        with Retriever.load(index_dir, device="cpu") as retriever:
+            served = httpx.post(url + "/v1/search", json={"query": queries[0], "k": 10}, timeout=60).json()
+            local = [h.id for h in retriever.search(queries[0], 10)]
+            same = [h["id"] for h in served["results"]] == local
+            log(f"server and in-process top-10 ids agree on a query: {same}")
+            load(url, queries, 4, 1.0, "/v1/search")  # warm-up
+            in_process_search(retriever, queries, 1.0)
+            for r in range(args.rounds):
+                result = {}
+                for m in ["server", "in_process"] if r % 2 == 0 else ["in_process", "server"]:
+                    if m == "server":
+                        out = load(url, queries, args.search_clients, args.seconds, "/v1/search")
+                        out["qps"] = out.pop("texts_per_s")
+                    else:
+                        out = in_process_search(retriever, queries, args.seconds)
+                    result[m] = out
+                rounds.append(result)
+                log(
+                    f"round {r + 1}: server {result['server']['qps']:.0f} q/s p99 {result['server']['p99_ms']:.1f} ms"
+                    f" ({result['server']['errors']:.0f} errors), in-process {result['in_process']['qps']:.0f} q/s"
+                    f"; ratio {result['server']['qps'] / result['in_process']['qps']:.2f}"
+                )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    ratios = [r["server"]["qps"] / r["in_process"]["qps"] for r in rounds]
+    summary = {
+        "index": str(index_dir),
+        "queries": len(queries),
+        "clients": args.search_clients,
+        "seconds": args.seconds,
+        "threads": args.threads,
+        "same_top10_ids": same,
+        "rounds": rounds,
+        "median_qps": {m: statistics.median(r[m]["qps"] for r in rounds) for m in ("server", "in_process")},
+        "median_p50_ms": {m: statistics.median(r[m]["p50_ms"] for r in rounds) for m in ("server", "in_process")},
+        "median_p99_ms": {m: statistics.median(r[m]["p99_ms"] for r in rounds) for m in ("server", "in_process")},
+        "server_vs_in_process": {"per_round": ratios, "median": statistics.median(ratios)},
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    q, p50, p99 = summary["median_qps"], summary["median_p50_ms"], summary["median_p99_ms"]
+    print(
+        f"/v1/search, {args.search_clients} clients, batch 1: {q['server']:.0f} q/s, "
+        f"p50 {p50['server']:.1f} ms, p99 {p99['server']:.1f} ms"
+    )
+    print(
+        f"in-process Retriever.search, batch 1: {q['in_process']:.0f} q/s, "
+        f"p50 {p50['in_process']:.1f} ms, p99 {p99['in_process']:.1f} ms"
+    )
+    print(
+        f"server / in-process: median {summary['server_vs_in_process']['median']:.2f}, per round "
+        + ", ".join(f"{x:.2f}" for x in ratios)
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model path (default: all-MiniLM-L6-v2)")
@@ -136,7 +261,19 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000, help="sentences")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="the batching server's --max-wait-ms")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--search", action="store_true", help="benchmark /v1/search on a SciFact index instead")
+    p.add_argument("--search-clients", type=int, default=16)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of server and in-process (--search)",
+    )
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "simtool-bench")
     args = p.parse_args()
+    if args.search:
+        bench_search(args)
+        return
 
     from simtool.encoder import load_encoder
 

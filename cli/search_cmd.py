@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -33,7 +33,7 @@ def search(
 ) -> None:
     """Search an index; with --json one object per query, one per line."""
     from simtool.corpus import read_queries
-    from simtool.retriever import Retriever
+    from simtool.retriever import Retriever, search_json
 
     if (query is None) == (queries is None):
         raise SimtoolError("give either a QUERY argument or --queries FILE")
@@ -58,9 +58,6 @@ def search(
             results.extend(retriever.search([text for _, text in chunk], k, filter=filter_))
     for (qid, text), hits in zip(batch, results, strict=True):
         if json_out:
-            obj: dict[str, Any] = {"query": text, "results": [h.to_json() for h in hits]}
-            if qid is not None:
-                obj = {"query_id": qid, **obj}
-            emit(obj)
+            emit(search_json(text, hits, qid))
         else:
             print_hits(text, hits)

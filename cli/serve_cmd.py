@@ -26,7 +26,8 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="Processes, each with its own model.")] = 1,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Pack concurrent requests.")] = True,
 ) -> None:
-    """Serve /v1/embeddings (OpenAI-compatible), /v1/models, /health and /metrics until SIGTERM."""
+    """Serve /v1/embeddings (OpenAI-compatible), /v1/models, /health, /metrics and, with --index-dir,
+    /v1/search and /v1/documents, until SIGTERM."""
     from simtool.serve import ServeConfig
     from simtool.serve import serve as run
 

@@ -98,13 +98,17 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, dimensions: int | None = None) -> np.ndarray:
         """``(len(texts), dim or dimensions)`` float32, in input order; one encoder call for all texts."""
-        from simtool.encoder import encode_texts
         from simtool.reduce.base import apply_chain
 
         self.check_dimensions(dimensions)
+        return apply_chain(self._chain(dimensions), self.encode_raw(texts, batch_size=batch_size))
+
+    def encode_raw(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """The encoder's own output ``(len(texts), d)`` float32, before any reducer: what an index stores."""
+        from simtool.encoder import encode_texts
+
         with self._lock:
-            raw = encode_texts(self.encoder, list(texts), batch_size=batch_size)
-        return apply_chain(self._chain(dimensions), raw)
+            return encode_texts(self.encoder, list(texts), batch_size=batch_size)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text occupies in the encoder (special tokens included, truncated as encode truncates)."""

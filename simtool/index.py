@@ -68,6 +68,12 @@ log = logging.getLogger(__name__)
 REDUCERS_DIR = "reducers"
 OnDuplicate = Literal["error", "skip", "replace"]
 ON_DUPLICATE = ("error", "skip", "replace")
+
+
+class DuplicateIdError(SimtoolError):
+    """A write with ``on_duplicate="error"`` named ids that are already live."""
+
+
 MERGE_FACTOR = 10  # segments of one size tier merged together; see merge_plan
 
 __all__ = [
@@ -75,6 +81,7 @@ __all__ = [
     "INDEX_FILE",
     "VECTORS_FILE",
     "CorpusFields",
+    "DuplicateIdError",
     "EncodedPart",
     "Index",
     "WriteResult",
@@ -286,31 +293,42 @@ class Index:
         batch_size: int = 64,
         progress: bool = False,
         source: str = "documents",
+        vectors: np.ndarray | None = None,
     ) -> WriteResult:
-        """Add ``docs`` and delete ``delete`` ids in one commit. ``source`` names the input in errors."""
+        """Add ``docs`` and delete ``delete`` ids in one commit. ``source`` names the input in errors.
+
+        ``vectors``: the docs' raw encoder vectors ``(len(docs), d) float32``, encoded elsewhere by this
+        index's model (as :meth:`append` takes them), so the writer lock is not held during an encode.
+        """
         from simtool.encoder import progress_bar
 
         docs = list(docs)
         _check_batch(docs, source)
+        if vectors is not None and len(vectors) != len(docs):
+            raise SimtoolError(f"vectors has {len(vectors)} rows for {len(docs)} documents")
         if on_duplicate not in ON_DUPLICATE:
             raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
         with self._transaction() as tx:
             existing = tx.lookup([d.id for d in docs])
             if existing and on_duplicate == "error":
                 first = next(d.id for d in docs if d.id in existing)
-                raise SimtoolError(
+                raise DuplicateIdError(
                     f"{source}: {len(existing)} id(s) already in the index (first: {first!r}); "
                     "pass on_duplicate='skip' to keep them or 'replace' to upsert"
                 )
             skipped = 0
             if on_duplicate == "skip":
                 skipped = len(existing)
+                if vectors is not None:
+                    vectors = _without(EncodedPart(docs, vectors), existing).vectors
                 docs = [d for d in docs if d.id not in existing]
             delete = [str(i) for i in delete]
             doomed = {**tx.lookup(delete), **(existing if on_duplicate == "replace" else {})}
             missing = [i for i in delete if i not in doomed]
             tx.tombstone(doomed)
-            if docs:
+            if docs and vectors is not None:
+                tx.add_parts(iter([EncodedPart(docs, np.asarray(vectors, dtype=np.float32))]))
+            elif docs:
                 with progress_bar(len(docs), "encode", progress) as bar:
                     tx.add_parts(encode_parts(self.encoder(), docs, batch_size=batch_size, bar=bar))
             result = WriteResult(

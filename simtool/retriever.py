@@ -58,6 +58,12 @@ class Hit:
         }
 
 
+def search_json(query: str, hits: Sequence[Hit], query_id: str | None = None) -> dict[str, Any]:
+    """The JSON object of one query's results: what ``simtool search --json`` prints and ``/v1/search`` returns."""
+    obj: dict[str, Any] = {"query": query, "results": [h.to_json() for h in hits]}
+    return obj if query_id is None else {"query_id": query_id, **obj}
+
+
 def _faiss_installed() -> bool:
     try:
         import faiss  # noqa: F401
@@ -228,6 +234,14 @@ class Retriever:
         if k <= 0:
             raise SimtoolError(f"k must be positive, got {k}")
         return self._search(self._snapshot, vectors, k, filter)
+
+    def search_encoded(self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None) -> list[list[Hit]]:
+        """Hits for query vectors already encoded as :meth:`encode` does, ``(nq, dim)`` float32; search and
+        document lookup read one snapshot, whatever :meth:`refresh` does meanwhile."""
+        if k <= 0:
+            raise SimtoolError(f"k must be positive, got {k}")
+        snap = self._snapshot
+        return self._hits(snap, *self._search(snap, vectors, k, filter))
 
     def _search(
         self, snap: _Snapshot, vectors: np.ndarray, k: int, filter: Filter

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -247,3 +248,378 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tiny_st: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# --- /v1/search and /v1/documents over a live index -------------------------------------------------------
+
+
+TOPICS = ["cats", "code", "boats"]
+
+
+@pytest.fixture(scope="module")
+def index_path(tiny_st: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from simtool.corpus import Document
+    from simtool.encoder import load_encoder
+    from simtool.index import build_index
+
+    words = ["red", "cat", "python", "code", "boat", "night", "slow", "error", "sea", "dog", "sun", "tree"]
+    docs = [
+        Document(
+            id=f"d{i}",
+            title=f"title {words[i % len(words)]}",
+            text=" ".join(words[(i * j) % len(words)] for j in range(1, 8)),
+            metadata={"topic": TOPICS[i % 3], "year": 2020 + i % 4},
+        )
+        for i in range(30)
+    ]
+    path = tmp_path_factory.mktemp("serve-index") / "idx"
+    build_index(docs, path, model=load_encoder(tiny_st, device="cpu"), progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def index_server(index_path: Path) -> Iterator[str]:
+    cfg = ServeConfig(index_dir=str(index_path), port=_free_port(), device="cpu", max_inputs=8, max_text_chars=300)
+    yield from _start(cfg)
+
+
+def _search(url: str, **body: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/search", json=body, timeout=30)
+
+
+def _reference_search(index_path: Path, queries: list[str], k: int, flt: dict | None = None) -> list[list[dict]]:
+    """A fresh in-process Retriever on the same directory: what the server's answers must equal."""
+    from simtool.retriever import Retriever
+
+    with Retriever.load(index_path, device="cpu") as r:
+        return [[h.to_json() for h in hits] for hits in r.search(queries, k, filter=flt)]
+
+
+def _same_results(got: list[dict], want: list[dict]) -> None:
+    assert [(h["rank"], h["id"], h["title"], h["text"], h["metadata"]) for h in got] == [
+        (h["rank"], h["id"], h["title"], h["text"], h["metadata"]) for h in want
+    ]
+    # a dynamic batch pads queries to its longest one; the attention mask keeps scores equal to float error
+    np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in want], atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_search_sees_add_upsert_and_delete(index_server: str, index_path: Path) -> None:
+    new = {"id": "n1", "text": "a purple submarine sings", "title": "odd", "metadata": {"topic": "new"}}
+    r = httpx.post(f"{index_server}/v1/documents", json={"documents": [new]}, timeout=30)
+    assert r.status_code == 200, r.text
+    added = r.json()
+    assert added["added"] == 1 and added["deleted"] == 0
+    assert httpx.get(f"{index_server}/health").json()["index_generation"] == added["generation"]
+    hits = _search(index_server, query="odd a purple submarine sings", k=3).json()["results"]
+    assert hits[0]["id"] == "n1" and hits[0]["metadata"] == {"topic": "new"}
+    _same_results(hits, _reference_search(index_path, ["odd a purple submarine sings"], 3)[0])
+
+    changed = {"id": "n1", "text": "the sea at night", "metadata": {"topic": "changed"}}
+    r = httpx.post(f"{index_server}/v1/documents", json={"documents": [changed]}, timeout=30)  # replace: default
+    assert r.status_code == 200 and r.json()["deleted"] == 1 and r.json()["generation"] > added["generation"]
+    hits = _search(index_server, query="the sea at night", k=40).json()["results"]
+    mine = [h for h in hits if h["id"] == "n1"]
+    assert len(mine) == 1 and mine[0]["text"] == "the sea at night" and mine[0]["title"] is None
+    _same_results(hits, _reference_search(index_path, ["the sea at night"], 40)[0])
+
+    dup = httpx.post(f"{index_server}/v1/documents", json={"documents": [changed], "on_duplicate": "error"}, timeout=30)
+    assert dup.status_code == 409 and dup.json()["error"]["code"] == "duplicate_id"
+    skip = httpx.post(f"{index_server}/v1/documents", json={"documents": [new], "on_duplicate": "skip"}, timeout=30)
+    assert skip.status_code == 200 and skip.json()["skipped"] == 1 and skip.json()["added"] == 0
+
+    r = httpx.request("DELETE", f"{index_server}/v1/documents", json={"ids": ["n1", "nope"]}, timeout=30)
+    assert r.status_code == 200 and r.json()["deleted"] == 1 and r.json()["missing"] == ["nope"]
+    hits = _search(index_server, query="the sea at night", k=40).json()["results"]
+    assert "n1" not in [h["id"] for h in hits] and len(hits) == 30
+
+
+@pytest.mark.timeout(120)
+def test_batch_queries_and_filters_equal_an_in_process_retriever(index_server: str, index_path: Path) -> None:
+    queries = ["red cat", "python code error", "slow boat"]
+    flt = {"topic": {"$in": ["cats", "code"]}, "year": {"$gte": 2021}}
+    r = _search(index_server, queries=queries, k=5, filter=flt)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["query"] for d in data] == queries
+    want = _reference_search(index_path, queries, 5, flt)
+    for got, ref in zip(data, want, strict=True):
+        assert got["results"] and all(
+            h["metadata"]["topic"] in ("cats", "code") and h["metadata"]["year"] >= 2021 for h in got["results"]
+        )
+        _same_results(got["results"], ref)
+    single = _search(index_server, query="red cat", k=5, filter=flt).json()
+    assert set(single) == {"query", "results"}
+    _same_results(single["results"], want[0])
+
+
+@pytest.mark.timeout(60)
+def test_search_and_documents_refuse_bad_requests(index_server: str) -> None:
+    bad_filter = _search(index_server, query="cat", filter={"year": {"$near": 3}})
+    assert bad_filter.status_code == 400 and bad_filter.json()["error"]["param"] == "filter"
+    assert "$near" in bad_filter.json()["error"]["message"]
+    assert _search(index_server, query="cat", filter=[1]).json()["error"]["param"] == "filter"
+    cases = [
+        ({"query": "cat", "k": 0}, 422, "k"),
+        ({"query": "cat", "k": "3"}, 422, "k"),
+        ({"query": "cat", "queries": ["dog"]}, 422, "query"),
+        ({"queries": []}, 422, "queries"),
+        ({"queries": ["a cat"] * 9}, 413, "queries"),
+        ({"query": "cat " * 100}, 413, "query"),
+        ({"query": "  "}, 422, "query"),
+    ]
+    for body, status, param in cases:
+        r = _search(index_server, **body)
+        assert (r.status_code, r.json()["error"]["param"]) == (status, param), (body, r.text)
+    url = f"{index_server}/v1/documents"
+    docs_cases = [
+        ({"documents": [{"id": f"x{i}", "text": "a cat"} for i in range(9)]}, 413),
+        ({"documents": [{"id": "x", "text": "cat " * 100}]}, 413),
+        ({"documents": [{"text": "no id"}]}, 422),
+        ({"documents": [{"id": "x", "text": "a", "metadata": [1]}]}, 422),
+        ({"documents": [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]}, 422),
+        ({"documents": [{"id": "x", "text": "a"}], "on_duplicate": "merge"}, 422),
+    ]
+    for body, status in docs_cases:
+        r = httpx.post(url, json=body)
+        assert r.status_code == status and r.json()["error"]["message"], (body, r.text)
+    assert httpx.request("DELETE", url, json={"ids": []}).json()["error"]["param"] == "ids"
+    big = httpx.post(url, content=b'{"documents": "' + b"a" * (9 * 2**20) + b'"}')
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.timeout(120)
+def test_v1_search_equals_simtool_search_json(
+    index_server: str, index_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tests.conftest import run_cli
+
+    flt = {"topic": "boats"}
+    code, out, err = run_cli(
+        capsys, "search", "slow boat at night", "--index-dir", str(index_path), "-k", "4", "--json",
+        "--filter", json.dumps(flt),
+    )  # fmt: skip
+    assert code == 0, err
+    cli = json.loads(out.strip().splitlines()[-1])
+    served = _search(index_server, query="slow boat at night", k=4, filter=flt).json()
+    assert set(served) == set(cli) and served["query"] == cli["query"]
+    assert [set(h) for h in served["results"]] == [set(h) for h in cli["results"]]
+    _same_results(served["results"], cli["results"])
+    np.testing.assert_allclose(
+        [h["distance"] for h in served["results"]], [h["distance"] for h in cli["results"]], atol=1e-5
+    )
+
+
+@pytest.mark.timeout(60)
+def test_index_routes_need_the_key_and_an_index(keyed_server: str, open_server: str) -> None:
+    calls = [("POST", "/v1/search", {"query": "cat"}), ("POST", "/v1/documents", {"documents": []}),
+             ("DELETE", "/v1/documents", {"ids": ["a"]})]  # fmt: skip
+    for method, path, body in calls:
+        assert httpx.request(method, f"{keyed_server}{path}", json=body).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.request(method, f"{keyed_server}{path}", json=body, headers=wrong).status_code == 401
+        ok = httpx.request(method, f"{keyed_server}{path}", json=body, headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 404 and "--index-dir" in ok.json()["error"]["message"]
+        assert httpx.request(method, f"{open_server}{path}", json=body).json()["error"]["code"] == "no_index"
+
+
+def _spawn_server(*args: str) -> tuple[Any, str]:
+    import os
+    import subprocess
+    import sys
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "simtool", "serve", "--port", str(port), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kill_9_during_document_writes_loses_no_acknowledged_write(
+    tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import random
+    import signal
+
+    from simtool.corpus import Document
+    from simtool.encoder import load_encoder
+    from simtool.index import build_index
+    from simtool.retriever import Retriever
+    from tests.conftest import run_cli
+
+    path = tmp_path / "idx"
+    build_index([Document(id="init", text="the first document")], path, model=load_encoder(tiny_st), progress=False)
+    rng = random.Random(3)
+    acked: dict[str, str] = {}
+    lock = threading.Lock()
+    for trial in range(2):  # the second server also recovers what the first kill left
+        proc, url = _spawn_server("--index-dir", str(path))
+        stop = threading.Event()
+
+        def client(c: int, url: str = url, trial: int = trial, stop: threading.Event = stop) -> None:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                for n in range(10_000):  # bounded; the kill ends it long before
+                    if stop.is_set():
+                        return
+                    docs = [{"id": f"t{trial}c{c}n{n}d{j}", "text": f"text {trial} {c} {n} {j}"} for j in range(3)]
+                    try:
+                        r = http.post("/v1/documents", json={"documents": docs})
+                    except httpx.TransportError:
+                        return
+                    if r.status_code == 200:
+                        with lock:
+                            acked.update((d["id"], d["text"]) for d in docs)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(3)]
+        for t in threads:
+            t.start()
+        before = len(acked)
+        deadline = time.monotonic() + 30
+        while len(acked) < before + 15 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert len(acked) >= before + 15, "the server acknowledged too few writes to test anything"
+        with Retriever.load(path, load_model=False) as r:
+            _, live = r.live_vectors()
+            docs = r.get(sorted(acked))
+        assert len(live) == len(set(live))
+        assert set(acked) <= set(live), f"{len(set(acked) - set(live))} acknowledged documents lost"
+        assert {i: d.text for i, d in docs.items()} == acked
+    code, out, err = run_cli(capsys, "index", "verify", "--index-dir", str(path), "--json")
+    assert code == 0, out + err
+
+
+@pytest.mark.timeout(120)
+def test_whitened_index_server_embeds_writes_and_searches_through_its_reducers(tiny_st: Path, tmp_path: Path) -> None:
+    import random
+
+    from simtool.corpus import Document
+    from simtool.index import build_index
+    from simtool.reduce.workflows import whiten_index
+    from simtool.retriever import Retriever
+    from tests.conftest import WORDS
+
+    rng = random.Random(5)
+    path = tmp_path / "idx"
+    docs = [Document(id=f"d{i}", text=" ".join(rng.choices(WORDS, k=8))) for i in range(80)]
+    build_index(docs, path, model=str(tiny_st), progress=False)
+    whiten_index(path, dim=12, progress=False)
+    texts = ["the red cat", "python code error"]
+    with Retriever.load(path, device="cpu") as r:
+        reference = r.encode(texts)
+    assert reference.shape == (2, 12)
+    for url in _start(ServeConfig(index_dir=str(path), port=_free_port(), device="cpu")):
+        got = httpx.post(f"{url}/v1/embeddings", json={"input": texts}).json()["data"]
+        np.testing.assert_allclose([d["embedding"] for d in got], reference, atol=1e-5)
+        short = httpx.post(f"{url}/v1/embeddings", json={"input": texts, "dimensions": 6})
+        assert short.status_code == 200 and len(short.json()["data"][0]["embedding"]) == 6
+        assert httpx.post(f"{url}/v1/documents", json={"documents": [{"id": "z", "text": "zebra"}]}).status_code == 200
+        (hit,) = _search(url, query="zebra", k=1).json()["results"]
+        # the document was encoded raw and reduced by the index, the query by the server: the same vector
+        assert hit["id"] == "z" and hit["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_searches_racing_writes_see_only_whole_commits(index_server: str) -> None:
+    seen: list[set[str]] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        with httpx.Client(base_url=index_server, timeout=30) as http:
+            while not done.is_set():
+                r = http.post("/v1/search", json={"query": "red cat", "k": 100})
+                if r.status_code != 200:
+                    errors.append(r.text)
+                    continue
+                ids = [h["id"] for h in r.json()["results"]]
+                if len(ids) != len(set(ids)):
+                    errors.append(f"duplicate ids {ids}")
+                seen.append({i for i in ids if i.startswith("race")})
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    url = f"{index_server}/v1/documents"
+    for n in range(6):  # each commit adds a pair: a reader sees both of a pair or neither
+        pair = [{"id": f"race{n}a", "text": f"pair {n} left"}, {"id": f"race{n}b", "text": f"pair {n} right"}]
+        assert httpx.post(url, json={"documents": pair}, timeout=30).status_code == 200
+    ids = [f"race{n}{s}" for n in range(6) for s in "ab"]
+    for half in (ids[:6], ids[6:]):  # within max_inputs=8
+        assert httpx.request("DELETE", url, json={"ids": half}, timeout=30).json()["deleted"] == 6
+    done.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    prefixes = [set(ids[: 2 * n]) for n in range(7)] + [set(ids[6:])]
+    assert seen and all(s in prefixes for s in seen), [sorted(s) for s in seen if s not in prefixes][:3]
+    final = httpx.post(f"{index_server}/v1/search", json={"query": "red cat", "k": 100}).json()["results"]
+    assert not [h for h in final if h["id"].startswith("race")]
+
+
+def test_index_write_with_precomputed_vectors_keeps_the_rows_it_adds(tiny_st: Path, tmp_path: Path) -> None:
+    from simtool.corpus import Document
+    from simtool.encoder import load_encoder
+    from simtool.errors import SimtoolError as Err
+    from simtool.index import Index, build_index
+    from simtool.retriever import Retriever
+
+    encoder = load_encoder(tiny_st, device="cpu")
+    build_index([Document(id="a", text="first"), Document(id="b", text="second")], tmp_path / "i", model=encoder)
+    rng = np.random.default_rng(0)
+    given = rng.standard_normal((3, 32)).astype(np.float32)
+    docs = [Document(id=i, text=f"text {i}") for i in ("b", "c", "d")]
+    result = Index(tmp_path / "i", encoder=encoder).write(docs, vectors=given, on_duplicate="skip")
+    assert (result.added, result.skipped) == (2, 1)
+    with Retriever.load(tmp_path / "i", load_model=False) as r:
+        raw, ids = r.live_vectors()
+    rows = dict(zip(ids, raw, strict=True))
+    np.testing.assert_array_equal(np.stack([rows["c"], rows["d"]]), given[1:])  # b kept its old vector
+    np.testing.assert_allclose(rows["b"], encoder.encode(["second"])[0], atol=1e-6)
+    with pytest.raises(Err, match="vectors has 2 rows for 3 documents"):
+        Index(tmp_path / "i", encoder=encoder).write(docs, vectors=given[:2])
+
+
+@pytest.mark.timeout(120)
+def test_server_follows_a_whitening_published_by_another_writer(tiny_st: Path, tmp_path: Path) -> None:
+    import random
+
+    from simtool.corpus import Document
+    from simtool.index import build_index
+    from simtool.reduce.workflows import whiten_index
+    from simtool.retriever import Retriever
+    from tests.conftest import WORDS
+
+    rng = random.Random(6)
+    path = tmp_path / "idx"
+    docs = [Document(id=f"d{i}", text=" ".join(rng.choices(WORDS, k=8))) for i in range(60)]
+    build_index(docs, path, model=str(tiny_st), progress=False)
+    for url in _start(ServeConfig(index_dir=str(path), port=_free_port(), device="cpu")):
+        assert len(_search(url, query="red cat", k=3).json()["results"]) == 3
+        whiten_index(path, dim=10, progress=False)  # a second writer while the server runs
+        served = _search(url, query="red cat", k=3)
+        assert served.status_code == 200, served.text
+        with Retriever.load(path, device="cpu") as r:
+            reference = [h.to_json() for h in r.search("red cat", 3)]
+            want = r.encode(["red cat"])
+        _same_results(served.json()["results"], reference)
+        got = httpx.post(f"{url}/v1/embeddings", json={"input": "red cat"}).json()["data"][0]["embedding"]
+        np.testing.assert_allclose(got, want[0], atol=1e-5)

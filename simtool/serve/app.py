@@ -1,4 +1,5 @@
-"""The FastAPI application: OpenAI-compatible ``/v1/embeddings``, ``/v1/models``, ``/health``, ``/metrics``.
+"""The FastAPI application: OpenAI-compatible ``/v1/embeddings``, ``/v1/models``, ``/health``, ``/metrics``;
+with an index, ``/v1/search`` and ``/v1/documents`` (see :mod:`simtool.serve.index_service`).
 
 Errors are OpenAI-shaped JSON: ``{"error": {"message", "type", "param", "code"}}``. Request bodies are
 read with a byte cap before they are parsed, so an oversized body costs at most ``max_body_bytes``.
@@ -18,10 +19,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from simtool.embedder import Embedder
-from simtool.errors import SimtoolError
+from simtool.errors import IndexDirError, SimtoolError
 from simtool.integrations import require
+from simtool.retriever import search_json
 from simtool.serve.batcher import DynamicBatcher, QueueFullError
 from simtool.serve.config import ServeConfig
+from simtool.serve.index_service import IndexService, RequestError, parse_delete, parse_documents, parse_search
 from simtool.serve.metrics import Metrics
 
 require("fastapi", "serve")
@@ -32,18 +35,31 @@ log = logging.getLogger(__name__)
 
 CONFIG_ENV = "SIMTOOL_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
 INLINE_COUNT_CHARS = 20_000  # shorter inputs are tokenised on the event loop: cheaper than a thread hop
-ROUTES = ("/v1/embeddings", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/embeddings", "/v1/search", "/v1/documents", "/v1/models", "/health", "/metrics")
+NO_INDEX = "this server was started without an index (simtool serve --index-dir DIR); it serves /v1/embeddings only"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+class ApiError(RequestError):
+    """A request refused with an OpenAI-shaped JSON error."""
+
+    @property
+    def message(self) -> str:
+        return str(self)
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(self.status, "invalid_request_error")
-        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return error_response(self)
+
+
+def error_response(e: RequestError) -> JSONResponse:
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(e.status, "invalid_request_error")
+    if e.status >= 500:
+        kind = "server_error"
+    body = {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}
+    return JSONResponse(body, status_code=e.status)
+
+
+def _json(body: Any) -> Response:
+    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False), media_type="application/json")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -102,9 +118,15 @@ def parse_embedding_request(body: Any, config: ServeConfig) -> tuple[list[str], 
 
 
 def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None = None) -> FastAPI:
-    """The service over ``embedder``; the batcher starts with the app and drains when it stops."""
+    """The service over ``embedder``; the batcher starts with the app and drains when it stops. An embedder
+    loaded from an index (:meth:`Embedder.from_index`) also serves that index's search and documents."""
     metrics = metrics or Metrics()
     state: dict[str, DynamicBatcher] = {}
+    service = (
+        None
+        if embedder.index_dir is None
+        else IndexService(embedder, embedder.index_dir, encode_batch_size=config.encode_batch_size)
+    )
 
     def encode(texts: list[str], dimensions: int | None) -> Any:
         return embedder.encode(texts, batch_size=config.encode_batch_size, dimensions=dimensions)
@@ -123,6 +145,8 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
         yield
         # uvicorn has let the in-flight requests finish by now; anything still queued is encoded before exit.
         await asyncio.to_thread(state["batcher"].close)
+        if service is not None:
+            service.close()
 
     app = FastAPI(title="simtool", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     key = (config.api_key or "").encode()
@@ -142,24 +166,19 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
                 return response
         try:
             response = await call_next(request)
-        except ApiError as e:
-            response = e.response()
+        except RequestError as e:
+            response = error_response(e)
         metrics.request(
             path if path in ROUTES else "other", request.method, response.status_code, time.perf_counter() - started
         )
         return response
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, e: ApiError) -> JSONResponse:
-        return e.response()
+    @app.exception_handler(RequestError)
+    async def api_error(_: Request, e: RequestError) -> JSONResponse:
+        return error_response(e)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Response:
-        texts, fmt, dims = parse_embedding_request(await read_json(request, config.max_body_bytes), config)
-        try:
-            embedder.check_dimensions(dims)
-        except SimtoolError as e:
-            raise ApiError(400, str(e), param="dimensions", code="dimensions_not_supported") from None
+    async def batched_encode(texts: list[str], dims: int | None) -> tuple[Any, int]:
+        """``(vectors, tokens)`` through the dynamic batcher: ``(len(texts), d)`` float32, reducers applied."""
         if sum(map(len, texts)) <= INLINE_COUNT_CHARS:
             counts = embedder.count_tokens(texts)
         else:
@@ -170,7 +189,23 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
         except QueueFullError as e:
             metrics.reject("queue_full")
             raise ApiError(429, str(e), code="queue_full") from None
-        vectors = await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(future), tokens
+
+    def need_index() -> IndexService:
+        if service is None:
+            raise ApiError(404, NO_INDEX, code="no_index")
+        return service
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        texts, fmt, dims = parse_embedding_request(await read_json(request, config.max_body_bytes), config)
+        if service is not None and service.stale():  # vectors follow the index's current reducers
+            await asyncio.to_thread(service.refresh_if_changed)
+        try:
+            embedder.check_dimensions(dims)
+        except SimtoolError as e:
+            raise ApiError(400, str(e), param="dimensions", code="dimensions_not_supported") from None
+        vectors, tokens = await batched_encode(texts, dims)
         if fmt == "base64":
             items: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
@@ -183,6 +218,44 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+    @app.post("/v1/search")
+    async def search(request: Request) -> Response:
+        index = need_index()
+        req = parse_search(
+            await read_json(request, config.max_body_bytes),
+            max_queries=config.max_inputs,
+            max_chars=config.max_text_chars,
+            max_k=config.max_k,
+        )
+        if index.stale():  # refresh before encoding: a new generation may carry new reducers
+            await asyncio.to_thread(index.refresh_if_changed)
+        vectors, _ = await batched_encode(req.queries, None)
+        hits = await asyncio.to_thread(index.search, vectors, req.k, req.filter)
+        results = [search_json(q, h) for q, h in zip(req.queries, hits, strict=True)]
+        return _json({"data": results} if req.batch else results[0])
+
+    async def write(parsed: Any) -> Response:
+        index = need_index()
+        try:
+            return _json(await asyncio.to_thread(index.write, parsed))
+        except IndexDirError as e:  # another process holds the writer lock past its timeout, or the index broke
+            raise ApiError(503, str(e), code="index_unavailable") from None
+        except RequestError:
+            raise
+        except SimtoolError as e:
+            raise ApiError(422, str(e), param="documents") from None
+
+    @app.post("/v1/documents")
+    async def add_documents(request: Request) -> Response:
+        need_index()
+        body = await read_json(request, config.max_body_bytes)
+        return await write(parse_documents(body, max_docs=config.max_inputs, max_chars=config.max_text_chars))
+
+    @app.delete("/v1/documents")
+    async def delete_documents(request: Request) -> Response:
+        need_index()
+        return await write(parse_delete(await read_json(request, config.max_body_bytes), max_ids=config.max_inputs))
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -202,7 +275,10 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": embedder.name}
+        out: dict[str, Any] = {"status": "ok", "model": embedder.name}
+        if service is not None:
+            out["index_generation"] = service.retriever.generation
+        return out
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:

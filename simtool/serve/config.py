@@ -27,13 +27,22 @@ class ServeConfig:
     max_inputs: int = 2048
     max_text_chars: int = 32_768
     max_body_bytes: int = 8 * 2**20
+    max_k: int = 1000
     batching: bool = True
     workers: int = 1
     encode_batch_size: int = 64
     device: str | None = None
 
     def check(self) -> None:
-        for name in ("max_batch_tokens", "max_queue", "max_inputs", "max_text_chars", "max_body_bytes", "workers"):
+        for name in (
+            "max_batch_tokens",
+            "max_queue",
+            "max_inputs",
+            "max_text_chars",
+            "max_body_bytes",
+            "max_k",
+            "workers",
+        ):
             if getattr(self, name) <= 0:
                 raise SimtoolError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
