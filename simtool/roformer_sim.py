@@ -107,7 +107,15 @@ class UniLMHead(Module):
         backbone = model[0].auto_model
         self._tied[:] = [backbone.get_input_embeddings()]
         if not getattr(backbone, "_simtool_unilm", False):
-            backbone.register_forward_pre_hook(_unilm_pre_hook, with_kwargs=True)
+            # Wrap forward itself, not a forward pre-hook: sentence-transformers calls ``model.forward`` directly,
+            # which skips hooks.
+            original = backbone.forward
+
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                args, kwargs = _unilm_pre_hook(backbone, args, kwargs)
+                return original(*args, **kwargs)
+
+            backbone.forward = forward
             backbone._simtool_unilm = True
 
     def logits(self, hidden: Tensor) -> Tensor:

@@ -134,7 +134,7 @@ def _full_batch_reference(model, loss: RoFormerSimLoss, features, b: int, labels
     parts = loss.embeddings_loss_parts([torch.cat(vectors)], labels)
     value = ce / count + sum(parts.values())
     value.backward()
-    return float(value), _grads(model)
+    return float(value.detach()), _grads(model)
 
 
 @pytest.mark.timeout(120)
@@ -154,8 +154,8 @@ def test_cached_combined_loss_gradients_equal_full_batch_gradients(sim_model, b:
         cached = _grads(model)
         assert set(cached_loss.last_parts) == {"seq2seq", "contrastive"} | ({"distill"} if options else set())
         ref_value, full = _full_batch_reference(model, RoFormerSimLoss(model, **options), features, b, labels)
-        assert float(value) == pytest.approx(ref_value, rel=1e-9)
-        assert _rel_error(cached, full) < 1e-7
+        assert float(value.detach()) == pytest.approx(ref_value, rel=1e-6)  # embeddings are float32 by contract
+        assert _rel_error(cached, full) < 1e-5
         assert any("UniLMHead" in k or k.startswith("3.") for k in cached)  # the LM head is trained too
 
         # Naive chunking (each chunk its own contrastive batch) does not give these gradients.
@@ -178,7 +178,7 @@ def test_partner_contrastive_loss_matches_a_brute_force_softmax() -> None:
     for i in range(6):
         logits = [20.0 * float(v[i] @ v[j]) - (20.0 * 0.1 if j == i ^ 1 else 0.0) for j in range(6) if j != i]
         target = [j for j in range(6) if j != i].index(i ^ 1)
-        total += -(logits[target] - torch.logsumexp(torch.tensor(logits), 0).item())
+        total += -(logits[target] - torch.logsumexp(torch.tensor(logits, dtype=torch.float64), 0).item())
     assert float(got) == pytest.approx(total / 6, rel=1e-9)
 
 
