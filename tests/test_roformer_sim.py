@@ -138,7 +138,7 @@ def _full_batch_reference(model, loss: RoFormerSimLoss, features, b: int, labels
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("b", [2, 4])
+@pytest.mark.parametrize("b", [2])
 @pytest.mark.parametrize("options", [{}, {"margin": 0.2, "distill_weight": 100.0}])
 def test_cached_combined_loss_gradients_equal_full_batch_gradients(sim_model, b: int, options: dict) -> None:
     model = sim_model.double().train()  # dropout on; float64 so that only the scheme can differ
