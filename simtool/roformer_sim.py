@@ -23,7 +23,7 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,9 @@ def _unilm_pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     segments, mask = kwargs.get("token_type_ids"), kwargs.get("attention_mask")
     if isinstance(segments, Tensor) and isinstance(mask, Tensor) and mask.ndim == 2 and bool(segments.any()):
         dtype = getattr(module, "dtype", torch.float32)
-        kwargs["attention_mask"] = unilm_attention_bias(segments, mask, dtype if dtype.is_floating_point else torch.float32)
+        kwargs["attention_mask"] = unilm_attention_bias(
+            segments, mask, dtype if dtype.is_floating_point else torch.float32
+        )
     return args, kwargs
 
 
@@ -78,7 +80,8 @@ class UniLMHead(Module):
     (:meth:`on_model_ready`) it ties itself to the backbone's word embeddings and installs the UniLM mask.
     """
 
-    config_keys: ClassVar[list[str]] = ["hidden_size", "embedding_size", "vocab_size", "hidden_act", "layer_norm_eps"]
+    # A plain list, as sentence-transformers declares it (an instance variable on Module).
+    config_keys: list[str] = ["hidden_size", "embedding_size", "vocab_size", "hidden_act", "layer_norm_eps"]  # noqa: RUF012
 
     def __init__(
         self,
@@ -133,7 +136,7 @@ class UniLMHead(Module):
         self.save_torch_weights(output_path, safe_serialization=safe_serialization)
 
     @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any) -> UniLMHead:
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any) -> UniLMHead:  # type: ignore[override]
         config = cls.load_config(model_name_or_path, subfolder=subfolder)
         head = cls(**config)
         cls.load_torch_weights(model_name_or_path, subfolder=subfolder, model=head)
@@ -478,4 +481,3 @@ def generate_similar(
 
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
-

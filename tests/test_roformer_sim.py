@@ -56,7 +56,10 @@ def sim_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 def pairs(k: int, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    return [(" ".join(rng.choices(WORDS, k=rng.randint(2, 9))), " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))) for _ in range(k)]
+    return [
+        (" ".join(rng.choices(WORDS, k=rng.randint(2, 9))), " ".join(rng.choices(WORDS, k=rng.randint(2, 9))))
+        for _ in range(k)
+    ]
 
 
 @pytest.mark.timeout(60)

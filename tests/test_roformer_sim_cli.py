@@ -12,7 +12,9 @@ PAIRS = [("the cat is big", "a big cat"), ("the dog runs fast", "a fast dog"), (
 
 
 @pytest.mark.timeout(120)
-def test_train_then_generate_through_the_cli(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_then_generate_through_the_cli(
+    tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"sent0": a, "sent1": b} for a, b in PAIRS])
     out = tmp_path / "run"
     code, stdout, err = run_cli(
@@ -32,7 +34,7 @@ def test_train_then_generate_through_the_cli(tiny_bert: Path, tmp_path: Path, ca
     assert code == 0, err
     obj = json.loads(stdout)
     assert obj["input"] == "the cat is big" and len(obj["results"]) <= 2
-    code2, stdout2, _ = run_cli(capsys, "generate", "the cat is big", "--model", str(out), "-n", "2",
+    _, stdout2, _ = run_cli(capsys, "generate", "the cat is big", "--model", str(out), "-n", "2",
                                 "--candidates", "4", "--max-length", "16", "--seed", "1", "--json")  # fmt: skip
     assert stdout2 == stdout  # seeded: deterministic
 

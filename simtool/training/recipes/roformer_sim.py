@@ -34,8 +34,14 @@ def columns(path: Path, fmt: str, names: list[str] | None) -> tuple[str, ...]:
     names = names or []
     missing = [c for c in PAIR_COLUMNS if c not in names]
     if missing:
-        hint = "; groups ({'text', 'synonyms'}) are not supported yet: write one row per pair" if "synonyms" in names else ""
-        raise CorpusError(f"{path}: roformer-sim needs columns sent0,sent1; missing {', '.join(missing)} in {names}{hint}")
+        hint = (
+            "; groups ({'text', 'synonyms'}) are not supported yet: write one row per pair"
+            if "synonyms" in names
+            else ""
+        )
+        raise CorpusError(
+            f"{path}: roformer-sim needs columns sent0,sent1; missing {', '.join(missing)} in {names}{hint}"
+        )
     return PAIR_COLUMNS
 
 
@@ -44,7 +50,9 @@ def loss_class() -> Any:
 
     def make(model: Any, *, mini_batch_size: int | None = None, **kwargs: Any) -> RoFormerSimLoss:
         # The loop's sizes count file rows (pairs); the loss counts model rows, two per pair.
-        return RoFormerSimLoss(model, mini_batch_size=None if mini_batch_size is None else 2 * mini_batch_size, **kwargs)
+        return RoFormerSimLoss(
+            model, mini_batch_size=None if mini_batch_size is None else 2 * mini_batch_size, **kwargs
+        )
 
     return make
 
