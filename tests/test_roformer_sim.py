@@ -239,3 +239,23 @@ def test_generation_is_deterministic_under_a_seed_and_excludes_the_input(sim_mod
         assert all(t != text for t, _ in results)
         scores = [s for _, s in results]
         assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_briefly_trained_model_generates_its_seen_paraphrase(tmp_path: Path) -> None:
+    from simtool.training import set_dropout
+
+    model = build_roformer_sim(str(make_tiny_bert(tmp_path / "m")), device="cpu").train()
+    set_dropout(model, 0.0)
+    data = [("the cat is big", "a big cat"), ("the dog runs fast", "a fast dog"), ("red car", "a red bus")]
+    features, _ = pair_features(model, data, 32)
+    loss = RoFormerSimLoss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(120):
+        optimizer.zero_grad()
+        loss([features]).backward()
+        optimizer.step()
+    assert loss.last_parts["seq2seq"] < 0.1
+    got = generate_similar(model, ["the cat is big", "red car"], n=1, candidates=8, seed=0, max_length=16)
+    assert got[0][0][0] == "a big cat" and got[1][0][0] == "a red bus"
