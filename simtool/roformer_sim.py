@@ -340,6 +340,13 @@ def _top_p_top_k(logits: Tensor, top_p: float, top_k: int | None) -> Tensor:
     return logits
 
 
+def _supports_kv_cache(backbone: nn.Module) -> bool:
+    """Whether this transformers backbone's forward takes a ``cache`` (transformers 5) to fill and reuse."""
+    import inspect
+
+    return "cache" in inspect.signature(type(backbone).forward).parameters
+
+
 @torch.no_grad()
 def sample_continuations(
     model: Any,
@@ -351,12 +358,14 @@ def sample_continuations(
     temperature: float = 1.0,
     max_length: int = 64,
     seed: int | None = None,
+    use_cache: bool | None = None,
 ) -> list[list[str]]:
     """``candidates`` sampled sentences B for each text A (segment 1 after ``[CLS] A [SEP]``), batched.
 
-    Every (text, candidate) row decodes in one batch; a row stops at its first [SEP]. Each step re-runs the
-    sequence so far (the UniLM mask makes earlier positions' states independent of later tokens, so this equals
-    KV-cached decoding, only slower).
+    Every (text, candidate) row decodes in one batch; a row stops at its first [SEP]. ``use_cache`` (default: when
+    the backbone supports it) keeps each layer's keys and values, so a step runs one new token per row instead of
+    the whole sequence; the UniLM mask makes earlier positions independent of later tokens, so both ways give the
+    same logits (tested with greedy decoding).
     """
     tokenizer = model.tokenizer
     cls, sep, pad, _ = special_ids(tokenizer)
@@ -371,33 +380,19 @@ def sample_continuations(
         ids = ids[: max(1, max_length // 2 - 2)]
         rows.extend([[cls, *ids, sep]] * candidates)
     width = max(len(r) for r in rows)
-    src_len = torch.tensor([len(r) for r in rows], device=device)
-    # Left-aligned sources, right padding; generated tokens go after each source at its own position.
-    n = len(rows)
     budget = max(1, max_length - width)
-    ids = torch.full((n, width + budget), pad, dtype=torch.long, device=device)
-    seg = torch.zeros_like(ids)
-    att = torch.zeros_like(ids)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row, device=device)
-        att[r, : len(row)] = 1
+    cached = _supports_kv_cache(backbone) if use_cache is None else use_cache
+    step_logits = (_CachedDecoder if cached else _RecomputeDecoder)(backbone, rows, width, budget, pad, device)
+    n = len(rows)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in range(n)]
-    for step in range(budget):
-        pos = src_len + step  # where this step's token goes
-        upto = int(pos.max())
-        hidden = backbone(
-            input_ids=ids[:, :upto], attention_mask=att[:, :upto], token_type_ids=seg[:, :upto]
-        ).last_hidden_state
-        last = hidden[torch.arange(n, device=device), pos - 1]
-        logits = head.logits(last).float() / max(temperature, 1e-6)
+    for _ in range(budget):
+        logits = head.logits(step_logits.last_hidden()).float() / max(temperature, 1e-6)
         logits[:, [cls, pad]] = -torch.inf
         probs = _top_p_top_k(logits, top_p, top_k).softmax(-1)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad), token)
-        ids[torch.arange(n, device=device), pos] = token
-        seg[torch.arange(n, device=device), pos] = 1
-        att[torch.arange(n, device=device), pos] = (~done).long()
+        step_logits.append(token, ~done)
         for r in (~done).nonzero().flatten().tolist():
             if int(token[r]) != sep:
                 out[r].append(int(token[r]))
@@ -406,6 +401,102 @@ def sample_continuations(
             break
     decoded = tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)
     return [decoded[i * candidates : (i + 1) * candidates] for i in range(len(texts))]
+
+
+class _RecomputeDecoder:
+    """Each step re-runs the whole sequence so far: sources left-aligned, tokens after each at its own position."""
+
+    def __init__(self, backbone: nn.Module, rows: list[list[int]], width: int, budget: int, pad: int, device: Any):
+        n = len(rows)
+        self.backbone, self.step = backbone, 0
+        self.src_len = torch.tensor([len(r) for r in rows], device=device)
+        self.ids = torch.full((n, width + budget), pad, dtype=torch.long, device=device)
+        self.seg = torch.zeros_like(self.ids)
+        self.att = torch.zeros_like(self.ids)
+        for r, row in enumerate(rows):
+            self.ids[r, : len(row)] = torch.tensor(row, device=device)
+            self.att[r, : len(row)] = 1
+        self.arange = torch.arange(n, device=device)
+
+    def last_hidden(self) -> Tensor:
+        """``(n, hidden)`` state of each row's last token."""
+        pos = self.src_len + self.step
+        upto = int(pos.max())
+        hidden = self.backbone(
+            input_ids=self.ids[:, :upto], attention_mask=self.att[:, :upto], token_type_ids=self.seg[:, :upto]
+        ).last_hidden_state
+        return hidden[self.arange, pos - 1]
+
+    def append(self, token: Tensor, live: Tensor) -> None:
+        pos = self.src_len + self.step
+        self.ids[self.arange, pos] = token
+        self.seg[self.arange, pos] = 1
+        self.att[self.arange, pos] = live.long()
+        self.step += 1
+
+
+class _CachedDecoder:
+    """Keys and values kept per layer (a transformers ``DynamicCache``); each step feeds one token per row.
+
+    Sources are left-padded so every row's next token goes to the same cache slot. Absolute position embeddings
+    (BERT) get each row's true positions; rotary ones (RoFormer) depend only on distances, which left padding
+    keeps. The attention bias of a new token allows the row's real source tokens, its earlier live tokens and
+    itself: the UniLM mask's row for that token.
+    """
+
+    def __init__(self, backbone: nn.Module, rows: list[list[int]], width: int, budget: int, pad: int, device: Any):
+        import inspect
+
+        from transformers import DynamicCache
+
+        n = len(rows)
+        self.backbone, self.device = backbone, device
+        self.cache = DynamicCache(config=backbone.config)
+        self.absolute = "position_ids" in inspect.signature(type(backbone).forward).parameters and getattr(
+            backbone.config, "position_embedding_type", "absolute"
+        ) == "absolute"
+        ids = torch.full((n, width), pad, dtype=torch.long, device=device)
+        self.keys = torch.zeros((n, width + budget), dtype=torch.bool, device=device)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row) :] = torch.tensor(row, device=device)
+            self.keys[r, width - len(row) : width] = True
+        self.next_pos = torch.tensor([len(r) for r in rows], device=device)
+        self.filled = width
+        extra = {"position_ids": (self.keys[:, :width].long().cumsum(1) - 1).clamp(min=0)} if self.absolute else {}
+        hidden = backbone(
+            input_ids=ids,
+            attention_mask=self.keys[:, :width].long(),
+            token_type_ids=torch.zeros_like(ids),
+            cache=self.cache,
+            use_cache=True,
+            **extra,
+        ).last_hidden_state
+        self.hidden = hidden[:, -1]
+
+    def last_hidden(self) -> Tensor:
+        """``(n, hidden)`` state of each row's last token."""
+        return self.hidden
+
+    def append(self, token: Tensor, live: Tensor) -> None:
+        slot = self.filled
+        # A finished row's pad is not a key for anyone; it still attends to itself so its softmax is defined.
+        self.keys[:, slot] = live
+        allowed = self.keys[:, : slot + 1].clone()
+        allowed[:, slot] = True
+        dtype = getattr(self.backbone, "dtype", torch.float32)
+        bias = torch.where(allowed, torch.zeros((), dtype=dtype, device=self.device), torch.finfo(dtype).min)
+        extra = {"position_ids": self.next_pos[:, None]} if self.absolute else {}
+        hidden = self.backbone(
+            input_ids=token[:, None],
+            attention_mask=bias[:, None, None, :],
+            token_type_ids=torch.ones_like(token)[:, None],
+            cache=self.cache,
+            use_cache=True,
+            **extra,
+        ).last_hidden_state
+        self.hidden = hidden[:, -1]
+        self.next_pos = self.next_pos + 1
+        self.filled += 1
 
 
 def generate_similar(
