@@ -66,5 +66,6 @@ def main() -> None:
         f"(per round {', '.join(f'{x:.2f}' for x in vs_single)})"
     )
 
+
 if __name__ == "__main__":
     main()

@@ -452,9 +452,10 @@ class _CachedDecoder:
         n = len(rows)
         self.backbone, self.device = backbone, device
         self.cache = DynamicCache(config=backbone.config)
-        self.absolute = "position_ids" in inspect.signature(type(backbone).forward).parameters and getattr(
-            backbone.config, "position_embedding_type", "absolute"
-        ) == "absolute"
+        self.absolute = (
+            "position_ids" in inspect.signature(type(backbone).forward).parameters
+            and getattr(backbone.config, "position_embedding_type", "absolute") == "absolute"
+        )
         ids = torch.full((n, width), pad, dtype=torch.long, device=device)
         self.keys = torch.zeros((n, width + budget), dtype=torch.bool, device=device)
         for r, row in enumerate(rows):
