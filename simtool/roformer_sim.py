@@ -406,7 +406,7 @@ def sample_continuations(
 class _RecomputeDecoder:
     """Each step re-runs the whole sequence so far: sources left-aligned, tokens after each at its own position."""
 
-    def __init__(self, backbone: nn.Module, rows: list[list[int]], width: int, budget: int, pad: int, device: Any):
+    def __init__(self, backbone: Any, rows: list[list[int]], width: int, budget: int, pad: int, device: Any) -> None:
         n = len(rows)
         self.backbone, self.step = backbone, 0
         self.src_len = torch.tensor([len(r) for r in rows], device=device)
@@ -444,7 +444,7 @@ class _CachedDecoder:
     itself: the UniLM mask's row for that token.
     """
 
-    def __init__(self, backbone: nn.Module, rows: list[list[int]], width: int, budget: int, pad: int, device: Any):
+    def __init__(self, backbone: Any, rows: list[list[int]], width: int, budget: int, pad: int, device: Any) -> None:
         import inspect
 
         from transformers import DynamicCache
