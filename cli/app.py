@@ -15,6 +15,7 @@ from simtool.cli import data_cmd, long_cmd
 from simtool.cli.demo_cmd import demo
 from simtool.cli.encode_cmd import encode
 from simtool.cli.eval_cmd import eval_app
+from simtool.cli.generate_cmd import generate
 from simtool.cli.index_cmd import index_app
 from simtool.cli.reduce_cmd import dims, project, whiten
 from simtool.cli.search_cmd import search
@@ -41,6 +42,7 @@ app.command()(dims)
 data_cmd.register(app)
 long_cmd.register(app)
 app.command()(serve)
+app.command()(generate)
 
 
 def _quiet_libraries() -> None:

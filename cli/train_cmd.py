@@ -14,7 +14,7 @@ from simtool.errors import SimtoolError
 
 
 def train(
-    recipe: Annotated[str, typer.Option("--recipe", help="simcse-unsup or simcse-sup.")],
+    recipe: Annotated[str, typer.Option("--recipe", help="simcse-unsup, simcse-sup or roformer-sim.")],
     data: Annotated[
         Path,
         typer.Option(
@@ -91,6 +91,9 @@ def train(
             help="exact (default) or naive: naive trains each mini-batch as its own batch, for comparison only.",
         ),
     ] = "exact",
+    noise: Annotated[
+        bool, typer.Option("--noise", help="roformer-sim: BART-style whole-word noise on half of the sources.")
+    ] = False,
     teacher: Annotated[
         str | None, typer.Option("--teacher", help="Distil this model's cosine matrix into the student.")
     ] = None,
@@ -137,6 +140,7 @@ def train(
         shuffle_buffer=shuffle_buffer,
         global_shuffle=global_shuffle,
         accumulation=accumulation,
+        noise=noise,
         teacher=teacher,
         distill_weight=distill_weight,
         device=device,

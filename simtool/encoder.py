@@ -115,8 +115,13 @@ def load_encoder(
 
 
 def _load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
+    from simtool.roformer_sim import UniLMHead
+
     types = {m.get("type", "") for m in json.loads((path / "modules.json").read_text())}
-    ours = {t: LayerPooling for t in types if t.endswith(".LayerPooling") and t.startswith("simtool.")}
+    classes = {"LayerPooling": LayerPooling, "UniLMHead": UniLMHead}
+    ours = {
+        t: classes[t.rsplit(".", 1)[-1]] for t in types if t.startswith("simtool.") and t.rsplit(".", 1)[-1] in classes
+    }
     if ours:
         # simtool's own modules are installed code, not remote code: resolve them directly
         # instead of asking for trust_remote_code, which would also trust the model's files.

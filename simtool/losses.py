@@ -333,3 +333,168 @@ class SupSimCSELoss(InBatchContrastiveLoss):
 
     ``hard_negative_weight`` is the paper's α (Table 7: 1 is best).
     """
+
+
+def partner_contrastive_rows_loss(
+    all_vectors: Tensor, *, offset: int, begin: int, end: int, n: int, scale: float = 20.0, margin: float = 0.0
+) -> Tensor:
+    """SimBERT's in-batch loss for local query rows ``begin:end``, divided by the local row count ``n``.
+
+    One column ``(N, d)`` (L2-normalised) whose rows 2k and 2k+1 are a pair: row i's target is row ``i XOR 1``,
+    its own column is masked out (the ``− 1e12·I`` of techniques.md §3.2), every other row is a negative; the
+    AM-Softmax margin ``m`` is subtracted from the partner's cosine. Rows are global ``offset + i``.
+    """
+    lo, hi = offset + begin, offset + end
+    rows = torch.arange(lo, hi, device=all_vectors.device)
+    logits = scale * (all_vectors[lo:hi] @ all_vectors.T)
+    own = _positive_mask(hi - lo, all_vectors.shape[0], lo, all_vectors.device)
+    logits = logits.masked_fill(own, -math.inf)
+    partner = rows ^ 1
+    if margin:
+        logits[torch.arange(hi - lo, device=logits.device), partner] -= scale * margin
+    return F.cross_entropy(logits, partner, reduction="sum") / n
+
+
+class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
+    """RoFormer-Sim (techniques.md §3.2, §3.6): ``{"seq2seq", "contrastive"[, "distill"]}`` on one column of rows.
+
+    Input: one features dict of UniLM rows (:func:`simtool.roformer_sim.pair_features`: pairs as adjacent rows
+    ``[CLS] A [SEP] B [SEP]`` / ``[CLS] B [SEP] A [SEP]``). ``seq2seq``: token cross-entropy on B and its final
+    [SEP], averaged over the batch's target tokens; ``contrastive``: :func:`partner_contrastive_rows_loss` on
+    the [CLS] vectors (scale 20, optional margin); ``distill`` (``distill_weight`` λ > 0, teacher embeddings of
+    each row's clean source as ``labels``): :class:`CosineMatrixDistillationLoss`.
+
+    ``mini_batch_size`` b: exact gradient caching. Step 1 embeds each mini-batch without a graph and sums its
+    seq2seq cross-entropy; step 2 computes the contrastive parts and ∂L/∂h over the whole batch; each replay
+    back-propagates ``<h, ∂L/∂h>`` plus its rows' share of the seq2seq loss (summed CE / all target tokens), so
+    the gradients equal the full batch's.
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        *,
+        scale: float = 20.0,
+        margin: float = 0.0,
+        distill_weight: float = 0.0,
+        mini_batch_size: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        gather_across_devices: bool | None = None,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        if distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
+        if mini_batch_size is not None and mini_batch_size <= 0:
+            raise ValueError(f"mini_batch_size must be positive, got {mini_batch_size}")
+        self.model = model
+        self.scale, self.margin = float(scale), float(margin)
+        self.distill_weight = float(distill_weight)
+        self.distill = CosineMatrixDistillationLoss(distill_weight) if distill_weight > 0 else None
+        self.mini_batch_size = mini_batch_size  # type: ignore[assignment]
+        self.autocast_dtype = autocast_dtype
+        self.gather_across_devices = gather_across_devices
+        self._tokens: Tensor | None = None
+
+    @property
+    def gather(self) -> bool:
+        if self.gather_across_devices is not None:
+            return self.gather_across_devices
+        return rank_and_world()[1] > 1
+
+    def _st(self) -> Any:
+        return getattr(self.model, "module", self.model)  # under DDP the stack is the wrapped module
+
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
+        """[CLS] vectors ``(n, d)`` float32; the token states of the same pass are kept for the seq2seq part."""
+        device = features["input_ids"].device
+        with self.autocast(device):
+            out = self.model(features)
+        self._tokens = out["token_embeddings"]
+        return out["sentence_embedding"].float()
+
+    def _seq2seq_sum(self, features: dict[str, Tensor]) -> tuple[Tensor, int]:
+        from simtool.roformer_sim import seq2seq_token_loss
+
+        assert self._tokens is not None
+        with self.autocast(features["input_ids"].device):
+            return seq2seq_token_loss(self._st(), features, self._tokens)
+
+    def rows_loss(
+        self, columns: list[Tensor], labels: Tensor | None, offset: int, begin: int, end: int, n: int
+    ) -> dict[str, Tensor]:
+        """Named parts ``{"contrastive"[, "distill"]}`` of local query rows ``begin:end`` (global column)."""
+        if len(columns) != 1:
+            raise ValueError(f"{type(self).__name__} expects 1 input column of UniLM rows, got {len(columns)}")
+        normed = F.normalize(columns[0].float(), dim=-1)
+        parts = {
+            "contrastive": partner_contrastive_rows_loss(
+                normed, offset=offset, begin=begin, end=end, n=n, scale=self.scale, margin=self.margin
+            )
+        }
+        if self.distill is not None:
+            if labels is None:
+                raise ValueError("distillation needs teacher embeddings of the sources (pass them as labels)")
+            parts.update(self.distill(normed, labels, offset=offset, rows=(begin, end), n=n))
+        return parts
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        features = list(sentence_features)
+        if len(features) != 1:
+            raise ValueError(f"{type(self).__name__} expects 1 input column of UniLM rows, got {len(features)}")
+        if self.mini_batch_size is not None:
+            return self._forward_cached(features[0], labels)
+        vectors = self.embed(features[0])
+        ce, count = self._seq2seq_sum(features[0])
+        parts = {"seq2seq": ce / max(count, 1), **self.embeddings_loss_parts([vectors], labels)}
+        self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
+        return sum(parts.values())  # type: ignore[return-value]
+
+    def _forward_cached(self, features: dict[str, Tensor], labels: Tensor | None) -> Tensor:
+        from simtool.grad_cache import (
+            RandContext,
+            chunk_ranges,
+            loss_and_embedding_grads,
+            minibatch,
+            replay_backward,
+        )
+
+        b = self.mini_batch_size
+        assert b is not None
+        vectors, states, ce_total, count = [], [], 0.0, 0
+        for begin, end in chunk_ranges(int(features["input_ids"].shape[0]), b):
+            mb = minibatch(features, begin, end)
+            states.append(RandContext(*mb.values()))
+            with torch.no_grad():
+                vectors.append(self.embed(mb))
+                ce, k = self._seq2seq_sum(mb)
+            ce_total, count = ce_total + float(ce), count + k
+        parts, grads = loss_and_embedding_grads(self.rows_loss, [torch.cat(vectors)], labels, b, gather=self.gather)
+        parts = {"seq2seq": ce_total / max(count, 1), **parts}
+        self.last_parts = parts
+        self._tokens = None
+        value = torch.tensor(sum(parts.values()), device=vectors[0].device)
+        if not torch.is_grad_enabled():
+            return value
+        value.requires_grad_()
+        tokens_total = max(count, 1)
+
+        def seq2seq_share(column: int, begin: int, end: int, h: Tensor) -> Tensor:
+            ce, _ = self._seq2seq_sum(minibatch(features, begin, end))
+            return ce / tokens_total
+
+        def replay(grad_output: Tensor) -> None:
+            replay_backward(self.embed, self.model, [features], [states], grads, b, grad_output, seq2seq_share)
+
+        value.register_hook(replay)  # type: ignore[arg-type]
+        return value
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "margin": self.margin,
+            "distill_weight": self.distill_weight,
+            "mini_batch_size": self.mini_batch_size,
+        }

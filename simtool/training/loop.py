@@ -99,6 +99,7 @@ class TrainConfig:
     shuffle_buffer: int = 100_000
     global_shuffle: str | None = None  # memory budget of a two-pass global shuffle per epoch, e.g. "1GiB"
     accumulation: str = "exact"
+    noise: bool = False  # roformer-sim: BART-style noise on half of the rows' sources
     teacher: str | None = None
     distill_weight: float = 0.0
     device: str | None = None
@@ -479,9 +480,13 @@ class _Run:
         self.dtype = autocast_dtype(config.precision, self.device)
         if self.dtype == torch.float16 and self.device.type != "cuda":
             raise SimtoolError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-        self.model = load_encoder(
-            checkpoint or config.model, pooling=None if checkpoint else config.pooling, device=str(self.device)
-        )
+        self.recipe = get_recipe(config.recipe)
+        if self.recipe.build_model is not None:
+            self.model = self.recipe.build_model(str(checkpoint) if checkpoint else config.model, str(self.device))
+        else:
+            self.model = load_encoder(
+                checkpoint or config.model, pooling=None if checkpoint else config.pooling, device=str(self.device)
+            )
         # --max-seq-length truncates training batches only (SimCSE trains on 32 tokens); evaluation and
         # every saved model keep the model's own limit, so the published model reads whole documents.
         self.model_max_seq_length = self.model.max_seq_length
@@ -495,7 +500,7 @@ class _Run:
             self.teacher.eval()
         trained: torch.nn.Module = self.model
         if self.world > 1:
-            trained = wrap_ddp(self.model, _to_device(self.model.preprocess(["a b", "c"]), self.device))
+            trained = wrap_ddp(self.model, self._inputs([("a b", "c")] * 2, 0)[0][0])
         self.loss_fn = build_loss(config, trained, self.local_batch, self.dtype)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
@@ -615,12 +620,11 @@ class _Run:
         t0 = time.perf_counter()
         rng_at_start = rng_state(self.device)
         rows = batch[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
-        texts = [list(column) for column in zip(*rows, strict=True)]
-        features = [_to_device(self.model.preprocess(column), self.device) for column in texts]
+        features, teacher_texts = self._inputs(rows, self.step)
         labels = None
         if self.teacher is not None:
             with torch.no_grad():
-                labels = self.teacher.encode(texts[0], convert_to_tensor=True, batch_size=self.local_batch)
+                labels = self.teacher.encode(teacher_texts, convert_to_tensor=True, batch_size=self.local_batch)
         if config.accumulation == "naive":
             loss = naive_accumulation_backward(
                 self.loss_fn, features, labels, config.mini_batch_size, scale=self.scaler.get_scale()
@@ -661,6 +665,15 @@ class _Run:
         parts = getattr(self.loss_fn, "last_parts", None)
         if parts and len(parts) > 1:  # the named parts (this process's), when the loss has several
             self.log_entry["parts"] = {k: round(v, 6) for k, v in parts.items()}
+
+    def _inputs(self, rows: list[tuple[str, ...]], step: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """The model inputs of ``rows`` (one features dict per column unless the recipe says otherwise) and the
+        texts a teacher encodes."""
+        if self.recipe.inputs is not None:
+            features, teacher_texts = self.recipe.inputs(self.model, rows, self.config, step)
+            return [_to_device(f, self.device) for f in features], teacher_texts
+        texts = [list(column) for column in zip(*rows, strict=True)]
+        return [_to_device(self.model.preprocess(column), self.device) for column in texts], texts[0]
 
     @contextlib.contextmanager
     def _as_published(self) -> Iterator[SentenceTransformer]:
@@ -748,6 +761,8 @@ class _Run:
             best = checkpoints_dir(self.output) / "best"
             final = checkpoints_dir(self.output) / f"step-{self.step:08d}"
             _publish_final_model(best if self.evaluate is not None and best.is_dir() else final, self.output)
+            if self.recipe.export is not None:
+                self.recipe.export(self.output)
             atomic_write_json(
                 self.output / "training_summary.json", {**result.to_json(), "config": self.config.to_json()}
             )

@@ -22,12 +22,21 @@ class Recipe:
     None for ``.txt``) and returns the columns to read, raising :class:`~simtool.errors.CorpusError` naming the
     file otherwise. ``loss_class()`` returns the loss module class (imported lazily: torch). ``texts_per_row``
     counts the encoded texts of one row (for sentences/s).
+
+    Recipes whose model is more than a sentence encoder also set: ``build_model(source, device)`` (the model to
+    train from a model name/directory or a checkpoint; default :func:`simtool.encoder.load_encoder`),
+    ``inputs(model, rows, config, step)`` → ``(features list, teacher texts)`` (default: each column tokenised by
+    ``model.preprocess``, the teacher reads the first column) and ``export(output_dir)`` (run on the published
+    final model, e.g. to save a retrieval-only copy).
     """
 
     name: str
     columns: Callable[[Path, str, list[str] | None], tuple[str, ...]]
     loss_class: Callable[[], Any]
     texts_per_row: Callable[[Sequence[str]], int]
+    build_model: Callable[[str | None, str], Any] | None = None
+    inputs: Callable[[Any, list[tuple[str, ...]], Any, int], tuple[list[dict[str, Any]], list[str]]] | None = None
+    export: Callable[[Path], None] | None = None
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -47,4 +56,4 @@ def get_recipe(name: str) -> Recipe:
 
 
 # Registration order is the order of the choices in messages.
-from simtool.training.recipes import simcse_unsup, simcse_sup  # noqa: E402, F401, I001
+from simtool.training.recipes import simcse_unsup, simcse_sup, roformer_sim  # noqa: E402, F401, I001
