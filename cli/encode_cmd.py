@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from simtool.cli.common import BatchSize, IdColumn, Json, Model, Pooling, TextColumn, TitleColumn, corpus_fields, emit
+from simtool.cli.common import (
+    BatchSize,
+    EncodeBackend,
+    IdColumn,
+    Json,
+    Model,
+    Pooling,
+    TextColumn,
+    TitleColumn,
+    corpus_fields,
+    emit,
+)
 
 
 def encode(
@@ -23,14 +34,16 @@ def encode(
     text_column: TextColumn = None,
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
+    backend: EncodeBackend = "auto",
     json_out: Json = False,
 ) -> None:
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
+    from simtool.backends import backend_info
     from simtool.encoder import embedding_dim, encode_file, load_encoder
 
     fields = corpus_fields(text_column, id_column, title_column)
     n = fields.count(input)
-    encoder = load_encoder(model, pooling, None, max_seq_length)
+    encoder = load_encoder(model, pooling, None, max_seq_length, backend=backend)
     started = time.perf_counter()
     ids_path = encode_file(lambda: fields.read(input), n, output, encoder, batch_size=batch_size, progress=not json_out)
     seconds = time.perf_counter() - started
@@ -41,6 +54,7 @@ def encode(
         "dim": embedding_dim(encoder),
         "model": encoder.simtool_source,
         "pooling": encoder.simtool_pooling,
+        "backend": backend_info(encoder),
         "seconds": round(seconds, 3),
         "texts_per_second": round(n / seconds, 1),
     }
@@ -49,5 +63,5 @@ def encode(
     else:
         typer.echo(
             f"wrote {n} x {result['dim']} float32 to {output} (ids: {ids_path}) "
-            f"in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s"
+            f"in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s ({result['backend']['name']} backend)"
         )

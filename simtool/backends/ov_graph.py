@@ -71,7 +71,7 @@ def _token_graph_class() -> type:
     return TokenGraph
 
 
-def _TokenGraph(auto_model: Any, layers: tuple[int, ...] | None, names: list[str]) -> Any:  # noqa: N802
+def _TokenGraph(auto_model: Any, layers: tuple[int, ...] | None, names: list[str]) -> Any:
     return _token_graph_class()(auto_model, layers, names)
 
 

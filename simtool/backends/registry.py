@@ -112,7 +112,7 @@ def read_export_record(model_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        record["backend"]  # noqa: B018 - a record without it is corrupt
+        record["backend"]
     except (ValueError, KeyError, TypeError):
         raise SimtoolError(f"{path}: corrupt export record; export the model again with `simtool export`") from None
     return record  # type: ignore[no-any-return]
