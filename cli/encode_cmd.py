@@ -20,6 +20,7 @@ from simtool.cli.common import (
     corpus_fields,
     emit,
 )
+from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, encode_on_ray
 
 
 def encode(
@@ -36,8 +37,33 @@ def encode(
     title_column: TitleColumn = None,
     backend: EncodeBackend = "auto",
     json_out: Json = False,
+    ray: RayAddress = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
 ) -> None:
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
+    check_ray_flags(ray, workers, gpus_per_worker)
+    if ray is not None:
+        if backend != "auto":
+            from simtool.errors import SimtoolError
+
+            # Ray actors load the torch encoder; refusing beats silently encoding with another backend.
+            raise SimtoolError(f"backend={backend!r} is not supported with ray yet; Ray actors encode with torch")
+        columns = {"text": text_column, "id": id_column, "title": title_column}
+        encode_on_ray(
+            [input],
+            output,
+            address=ray,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            model=model,
+            pooling=pooling,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            fields=columns,
+            json_out=json_out,
+        )
+        return
     from simtool.backends import backend_info
     from simtool.encoder import embedding_dim, encode_file, load_encoder
 
