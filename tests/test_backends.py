@@ -1,14 +1,15 @@
-"""Encode backends: vectors vs fp32 torch per pooling and whitened, the auto rule (faked flags), export."""
+"""Encode backends, fast tier: torch backends vs fp32 per pooling, OpenVINO once, the auto rule (faked flags),
+the int8 export round trip. The OpenVINO pooling matrix, the whitened model and int8 on the default model are in
+test_backends_slow.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 from simtool.backends import BACKENDS, Capabilities, backend_info, choose_backend
 from simtool.encoder import load_encoder
 from simtool.errors import SimtoolError
@@ -24,42 +25,34 @@ TEXTS = [
 ]
 
 
-def _one_minus_cos(a: np.ndarray, b: np.ndarray) -> float:
+POOLINGS = ["mean", "cls", "max", "first-last-avg"]
+
+
+def one_minus_cos(a: np.ndarray, b: np.ndarray) -> float:
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return float((1 - cos).max())
 
 
-def _fp32(model: object) -> np.ndarray:
+def fp32(model: object, texts: list[str] = TEXTS) -> np.ndarray:
+    """sentence-transformers' own fp32 torch encode of ``texts``: the reference every backend is held to."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer.encode(model, TEXTS, batch_size=5, convert_to_numpy=True)  # type: ignore[arg-type]
+    return SentenceTransformer.encode(model, texts, batch_size=5, convert_to_numpy=True)  # type: ignore[arg-type]
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "first-last-avg"])
-@pytest.mark.parametrize("backend", ["torch", "openvino", "torch-bf16"])
-def test_backend_matches_fp32_sentence_transformers(tiny_bert: Path, pooling: str, backend: str) -> None:
-    model = load_encoder(tiny_bert, pooling=pooling, device="cpu", backend=backend)
+def check_against_fp32(model_dir: Path, pooling: str | None, backend: str) -> None:
+    model = load_encoder(model_dir, pooling=pooling, device="cpu", backend=backend)
     got = model.encode(TEXTS, batch_size=5)  # batches of 5 by token length, against ST's own order
-    assert got.shape == (len(TEXTS), 32)
-    assert _one_minus_cos(got, _fp32(model)) <= BACKENDS[backend].tolerance
+    assert got.shape == (len(TEXTS), model.get_embedding_dimension())
+    assert one_minus_cos(got, fp32(model)) <= BACKENDS[backend].tolerance
 
 
 @pytest.mark.timeout(120)
-def test_backends_match_fp32_for_a_whitened_model(tiny_st: Path, tmp_path: Path) -> None:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense
-
-    base = load_encoder(tiny_st, device="cpu")
-    dense = Dense(32, 16, bias=True, activation_function=torch.nn.Identity())
-    torch.manual_seed(1)
-    torch.nn.init.normal_(dense.linear.weight)
-    SentenceTransformer(modules=[base[0], base[1], dense], device="cpu").save(str(tmp_path / "w"))
-    for backend in ("openvino", "torch"):
-        model = load_encoder(tmp_path / "w", device="cpu", backend=backend)
-        got = model.encode(TEXTS, batch_size=4)
-        assert got.shape == (len(TEXTS), 16)
-        assert _one_minus_cos(got, _fp32(model)) <= BACKENDS[backend].tolerance
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("backend", ["torch", "torch-bf16"])
+def test_backend_matches_fp32_sentence_transformers(tiny_bert: Path, pooling: str, backend: str) -> None:
+    # openvino for every pooling is in test_backends_slow.py: each OpenVINO conversion costs seconds
+    check_against_fp32(tiny_bert, pooling, backend)
 
 
 def test_auto_rule_with_faked_cpu_flags() -> None:
@@ -91,8 +84,12 @@ def test_int8_without_export_is_one_line(tiny_bert: Path) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_order_restored_and_single_text(tiny_st: Path) -> None:
+@pytest.mark.timeout(120)
+def test_openvino_matches_fp32_restores_order_and_encodes_one_text(tiny_st: Path) -> None:
     model = load_encoder(tiny_st, device="cpu", backend="openvino")
+    got = model.encode(TEXTS, batch_size=5)  # batches of 5 by token length, against ST's own order
+    assert got.shape == (len(TEXTS), 32)
+    assert one_minus_cos(got, fp32(model)) <= BACKENDS["openvino"].tolerance
     texts = ["a b c d e f g h i", "x", "the cat", "a dog runs fast on the road"]
     full = model.encode(texts, batch_size=2)
     for i, t in enumerate(texts):
@@ -100,32 +97,48 @@ def test_order_restored_and_single_text(tiny_st: Path) -> None:
     assert backend_info(model)["name"] == "openvino"
 
 
+# Fast-tier bound for int8 on the tiny random model. Its 32-wide random weights have no structure for
+# the calibration to fit, so int8 error there says nothing about real models (observed 1 - cos up to 0.06;
+# all-MiniLM-L6-v2 is held to BACKENDS['openvino-int8'].tolerance in test_backends_slow.py). 0.15 still
+# fails a graph fed wrong inputs or missing its pooling; the accuracy claim is the slow test on MiniLM.
+TINY_INT8_BOUND = 0.15
+
+
 @pytest.mark.timeout(180)
 def test_export_int8_round_trips_and_detects_corruption(
     tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "int8"
+    calib = tmp_path / "calib.txt"
+    calib.write_text("".join(t + "\n" for t in TEXTS[:20]), encoding="utf-8")  # few texts keep calibration short
     code, stdout, err = run_cli(
-        capsys, "export", str(tiny_st), "--backend", "openvino-int8", "--output", str(out), "--max-drop", "100", "--json"
+        capsys,
+        *("export", str(tiny_st), "--backend", "openvino-int8", "--output", str(out)),
+        *("--calibration", str(calib), "--max-drop", "100", "--json"),
     )
     assert code == 0, err
-    record = json.loads(stdout)
-    assert record["calibration"]["source"] == "built-in" and len(record["calibration"]["sha256"]) == 64
+    record = json.loads(stdout)  # stdout is the one JSON object: NNCF's bars and logs are kept off it
+    picked = "\n".join(TEXTS[:20])
+    assert record["calibration"] == {
+        "source": str(calib),
+        "n": 20,
+        "sha256": hashlib.sha256(picked.encode("utf-8")).hexdigest(),
+    }
     assert record["guard"]["pairs"] == 48
-    fp32 = load_encoder(tiny_st, device="cpu")
+    base = load_encoder(tiny_st, device="cpu")
     loaded = load_encoder(out, device="cpu", backend="auto")  # auto takes the export; no calibration at load
     assert loaded.simtool_backend == "openvino-int8"
     assert backend_info(loaded)["exported"] == str(out)
-    got = loaded.encode(TEXTS)
-    assert _one_minus_cos(got, fp32.encode(TEXTS)) <= BACKENDS["openvino-int8"].tolerance
+    got, ref = loaded.encode(TEXTS), fp32(base)
+    assert got.shape == ref.shape == (len(TEXTS), 32)
+    assert one_minus_cos(got, ref) <= TINY_INT8_BOUND
     # the directory is still a normal sentence-transformers model for torch
-    np.testing.assert_allclose(load_encoder(out, device="cpu").encode(TEXTS), fp32.encode(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(load_encoder(out, device="cpu").encode(TEXTS), base.encode(TEXTS), atol=1e-6)
 
     binary = out / "openvino" / "openvino_model_qint8_quantized.bin"
     data = bytearray(binary.read_bytes())
     data[len(data) // 2] ^= 0xFF
     binary.write_bytes(bytes(data))
-    code, _, err = run_cli(capsys, "encode", str(tiny_st), "-o", str(tmp_path / "x.npy"))  # sanity: CLI runs
     with pytest.raises(SimtoolError, match="corrupt") as e:
         load_encoder(out, device="cpu", backend="openvino-int8")
     assert "\n" not in str(e.value)
@@ -134,14 +147,9 @@ def test_export_int8_round_trips_and_detects_corruption(
         load_encoder(out, device="cpu", backend="openvino-int8")
 
 
-@pytest.mark.timeout(120)
-def test_export_refuses_past_max_drop_and_writes_nothing(tiny_st: Path, tmp_path: Path) -> None:
+def test_export_refuses_bad_max_drop_before_any_work(tiny_st: Path, tmp_path: Path) -> None:
     from simtool.backends.export import export_model
 
-    model = load_encoder(tiny_st, device="cpu")
-    # A negative drop threshold is refused as input; a zero one can only pass if int8 changes no rank.
     with pytest.raises(SimtoolError, match="max_drop must be >= 0"):
-        export_model(model, "openvino-int8", tmp_path / "a", max_drop=-1)
-    record = export_model(model, "openvino", tmp_path / "fp32", max_drop=0.0)
-    assert record["guard"]["drop"] == 0.0 and record["guard"]["max_one_minus_cos"] < 1e-5
+        export_model(load_encoder(tiny_st, device="cpu"), "openvino-int8", tmp_path / "a", max_drop=-1)
     assert not (tmp_path / "a").exists()

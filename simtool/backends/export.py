@@ -110,9 +110,6 @@ def export_model(
 
     Raises ``SimtoolError`` (and writes nothing) when the accuracy guard fails.
     """
-    import openvino
-
-    from simtool.backends import ov_graph
     from simtool.encoder import model_fingerprint
 
     if backend not in EXPORTABLE:
@@ -120,6 +117,10 @@ def export_model(
     if max_drop < 0:
         raise SimtoolError(f"max_drop must be >= 0, got {max_drop}")
     get_backend(backend)  # a missing extra is a one-line error before any work
+    import openvino
+
+    from simtool.backends import ov_graph
+
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not (output / "modules.json").exists():
         raise SimtoolError(f"{output}: exists and is not a model directory; choose an empty or new output")

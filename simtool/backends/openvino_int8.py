@@ -7,7 +7,10 @@ accuracy guard, and writes the graph; loading then needs no calibration.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +21,33 @@ from simtool.errors import SimtoolError
 if TYPE_CHECKING:
     import openvino as ov
     from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _nncf_quiet() -> Iterator[None]:
+    """Keep NNCF off stdout (its logger has a stdout handler, its rich progress bars print there).
+
+    A CLI printing ``--json`` owns stdout; NNCF's records go through ``logging`` instead and its
+    progress text is logged at DEBUG.
+    """
+    from nncf.common.logging.logger import nncf_logger
+
+    handlers, propagate = list(nncf_logger.handlers), nncf_logger.propagate
+    for h in handlers:
+        nncf_logger.removeHandler(h)
+    nncf_logger.propagate = True
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        for h in handlers:
+            nncf_logger.addHandler(h)
+        nncf_logger.propagate = propagate
+        if captured.getvalue().strip():
+            log.debug("nncf output:\n%s", captured.getvalue().strip())
 
 
 def build(model: SentenceTransformer, model_dir: Path) -> Built:
@@ -47,12 +77,13 @@ def quantize(model: SentenceTransformer, graph: ov.Model, sentences: Sequence[st
         raise SimtoolError("calibration needs at least one sentence, got none")
     names = ov_graph.input_names(model)
     samples: list[dict[str, Any]] = [numpy_inputs(model.preprocess([s]), names) for s in sentences]
-    return nncf.quantize(
-        graph,
-        nncf.Dataset(samples),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(samples),
-    )
+    with _nncf_quiet():
+        return nncf.quantize(
+            graph,
+            nncf.Dataset(samples),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(samples),
+        )
 
 
 register(
