@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from simtool.backends import BACKENDS, Capabilities, backend_info, choose_backend
 from simtool.encoder import load_encoder
 from simtool.errors import SimtoolError
@@ -18,9 +19,9 @@ from tests.conftest import run_cli
 # Real sentences (from the built-in STS sample); unknown words fall to the tiny model's characters.
 TEXTS = [
     json.loads(line)[k]
-    for line in (Path(__file__).resolve().parents[1] / "simtool" / "data" / "sts_sample.jsonl").read_text().splitlines()[
-        :12
-    ]
+    for line in (Path(__file__).resolve().parents[1] / "simtool" / "data" / "sts_sample.jsonl")
+    .read_text()
+    .splitlines()[:12]
     for k in ("sentence1", "sentence2")
 ]
 

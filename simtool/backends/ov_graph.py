@@ -31,7 +31,7 @@ EXAMPLE_TEXTS = ["a short text", "a somewhat longer example text so that the bat
 
 
 def input_names(model: SentenceTransformer) -> list[str]:
-    params = inspect.signature(model[0].auto_model.forward).parameters
+    params = inspect.signature(model[0].auto_model.forward).parameters  # type: ignore[union-attr]
     return [n for n in INPUTS if n in params and n in model.tokenizer.model_input_names]
 
 

@@ -130,9 +130,10 @@ def attach_backend(model: SentenceTransformer, name: str, model_dir: Path) -> Se
         log.info("backend auto -> %s", name)
     spec = get_backend(name)
     built = spec.build(model, model_dir)
-    model.simtool_backend = spec.name
-    model.simtool_backend_built = built
-    model.encode = functools.partial(_encode, model, built)
+    # nn.Module's __setattr__ typing sees only tensors and modules; these are plain attributes
+    model.simtool_backend = spec.name  # type: ignore[assignment]
+    model.simtool_backend_built = built  # type: ignore[assignment]
+    model.encode = functools.partial(_encode, model, built)  # type: ignore[method-assign]
     return model
 
 
