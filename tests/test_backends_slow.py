@@ -63,7 +63,7 @@ def test_int8_export_of_the_default_model_keeps_sts_accuracy(tmp_path: Path) -> 
     got, ref = int8.encode(texts, batch_size=16), fp32(base, texts)
     cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
     assert cos.mean() >= 0.99
-    # the worst text moves more (2.5e-2 measured on STS-B test sentences), hence the backend's stated tolerance
+    # the worst text moves more (3.1e-2 measured on 500 STS-B test sentences), hence the stated tolerance
     assert one_minus_cos(got, ref) <= BACKENDS["openvino-int8"].tolerance
 
     def score(v: np.ndarray) -> float:
