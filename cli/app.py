@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from simtool.cli import data_cmd, long_cmd
+from simtool.cli import data_cmd, export_cmd, long_cmd
 from simtool.cli.demo_cmd import demo
 from simtool.cli.encode_cmd import encode
 from simtool.cli.eval_cmd import eval_app
@@ -43,12 +43,14 @@ data_cmd.register(app)
 long_cmd.register(app)
 app.command()(serve)
 app.command()(generate)
+app.command()(export_cmd.export)
 
 
 def _quiet_libraries() -> None:
     # Environment switches rather than calls, so that start-up (and --help) imports no transformers.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths; never wait on the hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # README "Encode backends": idle threads sleep, not spin
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' own tqdm follows this switch
     hf_logging = sys.modules.get("transformers.utils.logging")

@@ -21,6 +21,13 @@ Pooling = Annotated[
     str | None,
     typer.Option("--pooling", help="cls, mean, max, last-avg or first-last-avg \\[default: the model's]."),
 ]
+EncodeBackend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Encode backend: auto, torch, torch-bf16, openvino, openvino-bf16 or openvino-int8 (see README).",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object (quiet, for scripts).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per encoder forward pass.")]
 TextColumn = Annotated[str | None, typer.Option("--text-column", help="Field holding the text \\[default: text].")]

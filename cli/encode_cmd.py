@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from simtool.cli.common import BatchSize, IdColumn, Json, Model, Pooling, TextColumn, TitleColumn, corpus_fields, emit
+from simtool.cli.common import (
+    BatchSize,
+    EncodeBackend,
+    IdColumn,
+    Json,
+    Model,
+    Pooling,
+    TextColumn,
+    TitleColumn,
+    corpus_fields,
+    emit,
+)
 from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, encode_on_ray
 
 
@@ -24,6 +35,7 @@ def encode(
     text_column: TextColumn = None,
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
+    backend: EncodeBackend = "auto",
     json_out: Json = False,
     ray: RayAddress = None,
     workers: Workers = None,
@@ -32,6 +44,11 @@ def encode(
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
     check_ray_flags(ray, workers, gpus_per_worker)
     if ray is not None:
+        if backend != "auto":
+            from simtool.errors import SimtoolError
+
+            # Ray actors load the torch encoder; refusing beats silently encoding with another backend.
+            raise SimtoolError(f"backend={backend!r} is not supported with ray yet; Ray actors encode with torch")
         columns = {"text": text_column, "id": id_column, "title": title_column}
         encode_on_ray(
             [input],
@@ -47,11 +64,12 @@ def encode(
             json_out=json_out,
         )
         return
+    from simtool.backends import backend_info
     from simtool.encoder import embedding_dim, encode_file, load_encoder
 
     fields = corpus_fields(text_column, id_column, title_column)
     n = fields.count(input)
-    encoder = load_encoder(model, pooling, None, max_seq_length)
+    encoder = load_encoder(model, pooling, None, max_seq_length, backend=backend)
     started = time.perf_counter()
     ids_path = encode_file(lambda: fields.read(input), n, output, encoder, batch_size=batch_size, progress=not json_out)
     seconds = time.perf_counter() - started
@@ -62,6 +80,7 @@ def encode(
         "dim": embedding_dim(encoder),
         "model": encoder.simtool_source,
         "pooling": encoder.simtool_pooling,
+        "backend": backend_info(encoder),
         "seconds": round(seconds, 3),
         "texts_per_second": round(n / seconds, 1),
     }
@@ -70,5 +89,5 @@ def encode(
     else:
         typer.echo(
             f"wrote {n} x {result['dim']} float32 to {output} (ids: {ids_path}) "
-            f"in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s"
+            f"in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s ({result['backend']['name']} backend)"
         )

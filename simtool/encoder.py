@@ -82,6 +82,7 @@ def load_encoder(
     pooling: str | None = None,
     device: str | None = None,
     max_seq_length: int | None = None,
+    backend: str = "torch",
 ) -> SentenceTransformer:
     """Load a sentence encoder offline.
 
@@ -89,6 +90,9 @@ def load_encoder(
     a plain transformers directory (pooling added, ``mean`` unless given) or a hub name
     already in the local cache. ``pooling`` replaces the model's own pooling; one of
     :data:`POOLINGS`. ``device`` defaults to ``cuda`` when available.
+    ``backend`` (:mod:`simtool.backends`: ``torch``, ``torch-bf16``, ``openvino``, ``openvino-bf16``,
+    ``openvino-int8`` or ``auto``) is what ``model.encode`` runs through, in token-length batches;
+    the torch modules stay the source of the tokenizer, the weights and the fingerprint.
     """
     if pooling is not None and pooling not in POOLINGS:
         raise SimtoolError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -111,7 +115,9 @@ def load_encoder(
         model.max_seq_length = max_seq_length
     model.simtool_source = str(name_or_path or DEFAULT_MODEL)
     model.simtool_pooling = pooling or describe_pooling(model)
-    return model
+    from simtool.backends import attach_backend
+
+    return attach_backend(model, backend, path)
 
 
 def _load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
