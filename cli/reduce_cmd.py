@@ -88,7 +88,12 @@ def whiten(
     k, p = _parse_dim(dim), _parse_power(power)
     if tune_on is None and "auto" in (k, p):
         raise SimtoolError("--dim/--power auto need --tune-on STS_PATH")
-    tuning = {"dim": k, "power": p, "eps": eps, "tune_on": tune_on, "tune_split": tune_split}
+    tune = None
+    if tune_on is not None:
+        from simtool.evals.tuning import sts_tuning
+
+        tune = sts_tuning(tune_on, tune_split)
+    tuning = {"dim": k, "power": p, "eps": eps, "tune": tune}
     if _mode(model, corpus, output) == "index":
         from simtool.reduce.workflows import whiten_index
 
