@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from simtool.errors import IndexDirError, SimtoolError
+from simtool.evals.tuning import sts_tuning
 from simtool.index import VECTORS_FILE, add_to_index, build_index, index_info, reduce_index
 from simtool.manifest import Manifest
 from simtool.reduce import Whitening, load_reducer
-from simtool.evals.tuning import sts_tuning
 from simtool.reduce.workflows import project_index, projection_dim, whiten_index
 from simtool.retriever import Retriever
 from tests.conftest import WORDS, run_cli, write_jsonl
