@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from simtool.cli.common import BatchSize, IdColumn, Json, Model, Pooling, TextColumn, TitleColumn, corpus_fields, emit
+from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, encode_on_ray
 
 
 def encode(
@@ -24,8 +25,28 @@ def encode(
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
     json_out: Json = False,
+    ray: RayAddress = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
 ) -> None:
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
+    check_ray_flags(ray, workers, gpus_per_worker)
+    if ray is not None:
+        columns = {"text": text_column, "id": id_column, "title": title_column}
+        encode_on_ray(
+            [input],
+            output,
+            address=ray,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            model=model,
+            pooling=pooling,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            fields=columns,
+            json_out=json_out,
+        )
+        return
     from simtool.encoder import embedding_dim, encode_file, load_encoder
 
     fields = corpus_fields(text_column, id_column, title_column)
