@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from simtool.cli.common import IndexDir, Json, Model, Pooling, emit
 from simtool.errors import SimtoolError
+
+if TYPE_CHECKING:
+    from simtool.reduce.projection import Distribution
 
 Corpus = Annotated[Path | None, typer.Option("--corpus", help="Fit on this corpus encoded by --model (model mode).")]
 Output = Annotated[Path | None, typer.Option("--output", help="Write the reduced model here (model mode).")]
@@ -121,29 +124,31 @@ def project(
 ) -> None:
     """Johnson-Lindenstrauss random projection of the current index (or of a model, with --corpus/--output)."""
     k = _parse_dim(dim) or "auto"
+    dist = cast("Distribution", distribution)  # RandomProjection rejects any other value
     if _mode(model, corpus, output) == "index":
         from simtool.reduce.workflows import project_index
 
         reducer, manifest = project_index(
             index_dir,
             dim=k,
-            distribution=distribution,
+            distribution=dist,
             seed=seed,
             factory=factory,
-            progress=not json_out,  # type: ignore[arg-type]
+            progress=not json_out,
         )
         where = _index_result(index_dir, manifest)
     else:
         from simtool.reduce.workflows import project_model
 
+        assert corpus is not None and output is not None  # _mode's "model" needs both
         reducer, out = project_model(
             corpus,
             output,
             model=model,
             pooling=pooling,
             dim=k,
-            distribution=distribution,
-            seed=seed,  # type: ignore[arg-type]
+            distribution=dist,
+            seed=seed,
         )
         where = {"output": str(out)}
     _report(reducer, {**reducer.config(), **where}, json_out)

@@ -305,7 +305,7 @@ class ExactCachedLossMixin:
         def replay(grad_output: Tensor) -> None:
             replay_backward(self.embed, self.model, features, states, grads, self.mini_batch_size or 1, grad_output)
 
-        value.register_hook(replay)  # type: ignore[arg-type]
+        value.register_hook(replay)
         return value
 
 
@@ -368,7 +368,9 @@ def wrap_ddp(model: nn.Module, sample_features: dict[str, Tensor]) -> Distribute
     # BERT's buffers (position ids) are constants: no broadcast before every forward pass. torch 2.13
     # renamed the option; older versions only know broadcast_buffers.
     params = inspect.signature(DistributedDataParallel).parameters
-    no_sync_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+    no_sync_buffers: dict[str, Any] = {
+        "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False
+    }
     return DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync_buffers
     )

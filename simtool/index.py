@@ -729,9 +729,9 @@ def build_index(
             parts = items  # type: ignore[assignment]
             docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]
         else:
-            docs = items  # type: ignore[assignment]
-        _check_batch(docs, "documents")  # type: ignore[arg-type]
-        n = len(docs)  # type: ignore[arg-type]
+            docs = items
+        _check_batch(docs, "documents")
+        n = len(docs)
         if n == 0:
             raise SimtoolError("documents: nothing to index")
     loaded = model is not None and not isinstance(model, (str, os.PathLike))

@@ -166,7 +166,7 @@ class Whitening(LinearReducer):
         scale = (self.eigenvalues_[:k] + self.eps) ** (-p) if p else np.ones(k)
         return self.components_[:, :k] * scale
 
-    def _tune(self, emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -> tuple[int, float]:
+    def _tune(self, emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float] | np.ndarray) -> tuple[int, float]:
         d = len(self.mean_)
         dims = candidate_dims(d) if self.dim == "auto" else [d if self.dim is None else int(self.dim)]
         powers = POWER_GRID if self.power == "auto" else (float(self.power),)

@@ -511,7 +511,7 @@ class _Run:
         self.evals: list[dict[str, Any]] = []
         self.resumed_from: int | None = None
         self.last_saved = -1
-        self.last_loss = float("nan")
+        self.last_loss: float = float("nan")
         self.sentences = 0
         self.texts_per_step = config.batch_size * get_recipe(config.recipe).texts_per_row(self.columns)
         if state is not None:
@@ -534,7 +534,7 @@ class _Run:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.baseline, self.evals = state["baseline_score"], list(state["evals"])
-        self.last_loss = state["loss"]
+        self.last_loss = float(state["loss"])
         self.resumed_from = self.last_saved = self.step
         set_rng_state(state["rng"][self.rank], self.device)
         log = self.output / "train_log.jsonl"
@@ -622,6 +622,7 @@ class _Run:
             with torch.no_grad():
                 labels = self.teacher.encode(texts[0], convert_to_tensor=True, batch_size=self.local_batch)
         if config.accumulation == "naive":
+            assert config.mini_batch_size is not None  # TrainConfig rejects naive accumulation without it
             loss = naive_accumulation_backward(
                 self.loss_fn, features, labels, config.mini_batch_size, scale=self.scaler.get_scale()
             )
@@ -657,7 +658,13 @@ class _Run:
         self.last_loss = mean_loss
         self.sentences += self.texts_per_step
         seconds = round(time.perf_counter() - t0, 4)
-        self.log_entry = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "s": seconds}
+        self.log_entry: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": mean_loss,
+            "lr": lr,
+            "s": seconds,
+        }
         parts = getattr(self.loss_fn, "last_parts", None)
         if parts and len(parts) > 1:  # the named parts (this process's), when the loss has several
             self.log_entry["parts"] = {k: round(v, 6) for k, v in parts.items()}
