@@ -135,7 +135,7 @@ def index_add(
     try:
         result = index.write(
             fields.read(corpus),
-            on_duplicate=on_duplicate,  # type: ignore[arg-type]
+            on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
             batch_size=batch_size,
             progress=not json_out,
             source=str(corpus),

@@ -96,16 +96,17 @@ def whiten(
         from simtool.evals.tuning import sts_tuning
 
         tune = sts_tuning(tune_on, tune_split)
-    tuning = {"dim": k, "power": p, "eps": eps, "tune": tune}
+    tuning: dict[str, Any] = {"dim": k, "power": p, "eps": eps, "tune": tune}
     if _mode(model, corpus, output) == "index":
         from simtool.reduce.workflows import whiten_index
 
-        reducer, manifest = whiten_index(index_dir, **tuning, factory=factory, progress=not json_out)  # type: ignore[arg-type]
+        reducer, manifest = whiten_index(index_dir, **tuning, factory=factory, progress=not json_out)
         where = _index_result(index_dir, manifest)
     else:
         from simtool.reduce.workflows import whiten_model
 
-        reducer, out = whiten_model(corpus, output, model=model, pooling=pooling, **tuning)  # type: ignore[arg-type]
+        assert corpus is not None and output is not None  # _mode's "model" needs both
+        reducer, out = whiten_model(corpus, output, model=model, pooling=pooling, **tuning)
         where = {"output": str(out)}
     _report(reducer, {**reducer.config(), **where, "grid": reducer.grid_}, json_out)
 

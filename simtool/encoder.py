@@ -111,8 +111,8 @@ def load_encoder(
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     # provenance patched onto the model; nn.Module types unknown attributes as Tensor | Module
-    model.simtool_source = str(name_or_path or DEFAULT_MODEL)  # type: ignore[assignment]
-    model.simtool_pooling = pooling or describe_pooling(model)  # type: ignore[assignment]
+    model.simtool_source = str(name_or_path or DEFAULT_MODEL)  # type: ignore[assignment]  # see above
+    model.simtool_pooling = pooling or describe_pooling(model)  # type: ignore[assignment]  # see above
     return model
 
 

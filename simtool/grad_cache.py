@@ -156,7 +156,7 @@ def loss_and_embedding_grads(
     totals: dict[str, float] = {}
     for begin, end in chunk_ranges(n, chunk):
         parts = rows_loss(leaves, all_labels, rank * n, begin, end, n)
-        sum(parts.values()).backward()  # type: ignore[union-attr]
+        sum(parts.values()).backward()  # type: ignore[union-attr]  # sum of tensors, not int
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach())
     grads = []
@@ -287,7 +287,7 @@ class ExactCachedLossMixin:
 
     def embeddings_loss(self, columns: list[Tensor], labels: Tensor | None = None) -> Tensor:
         """The summed loss from full-batch local embeddings."""
-        return sum(self.embeddings_loss_parts(columns, labels).values())  # type: ignore[return-value]
+        return sum(self.embeddings_loss_parts(columns, labels).values())  # type: ignore[return-value]  # sum of tensors, not int
 
     def forward_cached(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         """The full-batch loss (a scalar whose ``backward()`` runs the replays) with memory of one mini-batch."""

@@ -726,8 +726,8 @@ def build_index(
     else:
         items = list(corpus)
         if items and all(isinstance(p, EncodedPart) for p in items):
-            parts = items  # type: ignore[assignment]
-            docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]
+            parts = items  # type: ignore[assignment]  # all(isinstance) does not narrow
+            docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]  # all EncodedPart, as above
         else:
             docs = items
         _check_batch(docs, "documents")

@@ -26,7 +26,7 @@ class LayerPooling(Module):
     """
 
     # per class, as in sentence-transformers, whose Module annotates it without ClassVar
-    config_keys: ClassVar[list[str]] = ["embedding_dimension", "layers"]  # type: ignore[misc]
+    config_keys: ClassVar[list[str]] = ["embedding_dimension", "layers"]  # type: ignore[misc]  # see above
 
     def __init__(self, embedding_dimension: int, layers: list[int] | tuple[int, ...] = (1, -1)) -> None:
         super().__init__()

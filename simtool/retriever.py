@@ -277,7 +277,7 @@ class Retriever:
         return _pad(scores, k), hits
 
     @overload  # a str is also a Sequence[str]; this overload comes first, so it wins
-    def search(self, queries: str, k: int = ..., *, filter: Filter = ...) -> list[Hit]: ...  # type: ignore[overload-overlap]
+    def search(self, queries: str, k: int = ..., *, filter: Filter = ...) -> list[Hit]: ...  # type: ignore[overload-overlap]  # str first wins
     @overload
     def search(self, queries: Sequence[str], k: int = ..., *, filter: Filter = ...) -> list[list[Hit]]: ...
 

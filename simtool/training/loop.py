@@ -408,8 +408,9 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
 def build_loss(config: TrainConfig, model: torch.nn.Module, local_batch: int, dtype: torch.dtype | None) -> Any:
     """The recipe's loss module around ``model`` (possibly DDP-wrapped); cached when b < local batch."""
     cls = get_recipe(config.recipe).loss_class()
-    cached = config.accumulation == "exact" and config.mini_batch_size is not None
-    mini = config.mini_batch_size if cached and config.mini_batch_size < local_batch else None  # type: ignore[operator]
+    mini_size = config.mini_batch_size
+    cached = config.accumulation == "exact" and mini_size is not None
+    mini = mini_size if cached and mini_size is not None and mini_size < local_batch else None
     return cls(
         model,
         scale=config.scale,
