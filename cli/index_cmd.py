@@ -182,7 +182,7 @@ def index_add(
             options=ray_options(ray, workers, gpus_per_worker),
             batch_size=batch_size,
             fields=dataclasses.asdict(fields),
-            on_duplicate=on_duplicate,  # type: ignore[arg-type]
+            on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
             lock_timeout=lock_timeout,
         )
         count = index.manifest.count
@@ -198,7 +198,7 @@ def index_add(
     try:
         result = index.write(
             docs,
-            on_duplicate=on_duplicate,  # type: ignore[arg-type]
+            on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
             batch_size=batch_size,
             progress=not json_out,
             source=", ".join(map(str, corpus)),

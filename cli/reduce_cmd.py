@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from simtool.cli.common import IndexDir, Json, Model, Pooling, emit
 from simtool.errors import SimtoolError
+
+if TYPE_CHECKING:
+    from simtool.reduce.projection import Distribution
 
 Corpus = Annotated[Path | None, typer.Option("--corpus", help="Fit on this corpus encoded by --model (model mode).")]
 Output = Annotated[Path | None, typer.Option("--output", help="Write the reduced model here (model mode).")]
@@ -88,16 +91,22 @@ def whiten(
     k, p = _parse_dim(dim), _parse_power(power)
     if tune_on is None and "auto" in (k, p):
         raise SimtoolError("--dim/--power auto need --tune-on STS_PATH")
-    tuning = {"dim": k, "power": p, "eps": eps, "tune_on": tune_on, "tune_split": tune_split}
+    tune = None
+    if tune_on is not None:
+        from simtool.evals.tuning import sts_tuning
+
+        tune = sts_tuning(tune_on, tune_split)
+    tuning: dict[str, Any] = {"dim": k, "power": p, "eps": eps, "tune": tune}
     if _mode(model, corpus, output) == "index":
         from simtool.reduce.workflows import whiten_index
 
-        reducer, manifest = whiten_index(index_dir, **tuning, factory=factory, progress=not json_out)  # type: ignore[arg-type]
+        reducer, manifest = whiten_index(index_dir, **tuning, factory=factory, progress=not json_out)
         where = _index_result(index_dir, manifest)
     else:
         from simtool.reduce.workflows import whiten_model
 
-        reducer, out = whiten_model(corpus, output, model=model, pooling=pooling, **tuning)  # type: ignore[arg-type]
+        assert corpus is not None and output is not None  # _mode's "model" needs both
+        reducer, out = whiten_model(corpus, output, model=model, pooling=pooling, **tuning)
         where = {"output": str(out)}
     _report(reducer, {**reducer.config(), **where, "grid": reducer.grid_}, json_out)
 
@@ -116,29 +125,31 @@ def project(
 ) -> None:
     """Johnson-Lindenstrauss random projection of the current index (or of a model, with --corpus/--output)."""
     k = _parse_dim(dim) or "auto"
+    dist = cast("Distribution", distribution)  # RandomProjection rejects any other value
     if _mode(model, corpus, output) == "index":
         from simtool.reduce.workflows import project_index
 
         reducer, manifest = project_index(
             index_dir,
             dim=k,
-            distribution=distribution,
+            distribution=dist,
             seed=seed,
             factory=factory,
-            progress=not json_out,  # type: ignore[arg-type]
+            progress=not json_out,
         )
         where = _index_result(index_dir, manifest)
     else:
         from simtool.reduce.workflows import project_model
 
+        assert corpus is not None and output is not None  # _mode's "model" needs both
         reducer, out = project_model(
             corpus,
             output,
             model=model,
             pooling=pooling,
             dim=k,
-            distribution=distribution,
-            seed=seed,  # type: ignore[arg-type]
+            distribution=dist,
+            seed=seed,
         )
         where = {"output": str(out)}
     _report(reducer, {**reducer.config(), **where}, json_out)

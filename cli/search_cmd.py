@@ -49,9 +49,9 @@ def search(
             parse_filter(filter_)
         except SimtoolError as e:
             raise SimtoolError(f"--filter: {e}") from None
-    batch = [(None, query)] if query is not None else read_queries(queries)  # type: ignore[arg-type]
+    batch = [(None, query)] if query is not None else read_queries(queries)  # type: ignore[arg-type]  # one of the two is set (checked above)
     params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
-    with Retriever.load(index_dir, backend=backend, search_params=params) as retriever:  # type: ignore[arg-type]
+    with Retriever.load(index_dir, backend=backend, search_params=params) as retriever:  # type: ignore[arg-type]  # Retriever checks backend
         results = []
         for start in range(0, len(batch), 1024):
             chunk = batch[start : start + 1024]

@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from simtool.stats import pearson, spearman
+from simtool.stats import rankdata as rankdata  # re-exported: its home is simtool.stats
+
 Qrels = Mapping[str, Mapping[str, int]]
 """query id -> {doc id -> graded relevance}; relevance >= 1 counts as relevant."""
 Run = Mapping[str, Mapping[str, float]]
@@ -24,41 +27,6 @@ Run = Mapping[str, Mapping[str, float]]
 
 DEFAULT_K_VALUES = (1, 3, 5, 10, 20, 100, 1000)  # MTEB's cutoffs; those above --top-k are dropped
 MRR_K_VALUES = (10,)
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x`` ``(n,)`` in float64, ties getting their average rank (scipy's ``method="average"``)."""
-    x = np.asarray(x)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    # Boundaries of runs of equal values; each run gets the mean of the ranks it spans.
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    run_ranks = (starts + 1 + ends) / 2.0
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(run_ranks, ends - starts)
-    return ranks
-
-
-def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Pearson correlation in float64; NaN when either side is constant or has fewer than 2 values."""
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"pearson needs two 1-d arrays of equal length, got {a.shape} and {b.shape}")
-    if len(a) < 2:
-        return math.nan
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    if denom == 0.0:
-        return math.nan
-    return max(-1.0, min(1.0, float(a @ b) / denom))
-
-
-def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Spearman rank correlation: Pearson of average ranks (as ``scipy.stats.spearmanr``)."""
-    return pearson(rankdata(np.asarray(x)), rankdata(np.asarray(y)))
 
 
 def pair_similarities(emb1: np.ndarray, emb2: np.ndarray) -> dict[str, np.ndarray]:

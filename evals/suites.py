@@ -269,7 +269,8 @@ def _read_mteb_json(path: Path) -> dict[str, float]:
         raise SimtoolError(f"{path}: not a JSON file ({e})") from None
     if not isinstance(data, dict) or not (task := data.get("task_name") or data.get("mteb_dataset_name")):
         raise SimtoolError(f"{path}: not an MTEB result file (no task_name)")
-    splits = data.get("scores") if isinstance(data.get("scores"), dict) else data  # new or pre-1.11 layout
+    scores = data.get("scores")
+    splits: dict[str, Any] = scores if isinstance(scores, dict) else data  # new or pre-1.11 layout
     out: dict[str, float] = {}
     for split, entry in splits.items():
         entries = entry if isinstance(entry, list) else [entry]

@@ -113,8 +113,10 @@ def _read_jsonl(path: Path, raw: list[bytes]) -> RowFile:
     for i, line in enumerate(raw, 1):
         try:
             obj = json.loads(line)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             raise SimtoolError(f"{path}:{i}: not JSON ({e.msg})") from None
+        except UnicodeDecodeError:
+            raise SimtoolError(f"{path}:{i}: not UTF-8 text") from None
         if not isinstance(obj, dict):
             raise SimtoolError(f"{path}:{i}: expected a JSON object")
         fields = fields or _pick_fields(path, list(obj))
@@ -125,12 +127,16 @@ def _read_jsonl(path: Path, raw: list[bytes]) -> RowFile:
 
 
 def _read_table(path: Path, raw: list[bytes], delimiter: str) -> RowFile:
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL  # STS-B TSVs hold bare quotes
+    bare_quotes = delimiter == "\t"  # STS-B TSVs hold bare quotes
 
     def cells(i: int, line: bytes) -> list[str]:
-        return next(csv.reader([_decode(path, i, line)], delimiter=delimiter, quoting=quoting))
+        text = [_decode(path, i, line)]
+        if bare_quotes:
+            return next(csv.reader(text, delimiter=delimiter, quoting=csv.QUOTE_NONE))
+        return next(csv.reader(text, delimiter=delimiter))
 
     first = cells(1, raw[0])
+    cols: tuple[int, ...]
     try:
         fields = _pick_fields(path, first)
     except SimtoolError:

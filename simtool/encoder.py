@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -113,8 +114,9 @@ def load_encoder(
     check_max_seq_length(model, max_seq_length, str(name_or_path or DEFAULT_MODEL))  # issue 13: needs an extended model
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
-    model.simtool_source = str(name_or_path or DEFAULT_MODEL)
-    model.simtool_pooling = pooling or describe_pooling(model)
+    # provenance patched onto the model; nn.Module types unknown attributes as Tensor | Module
+    model.simtool_source = str(name_or_path or DEFAULT_MODEL)  # type: ignore[assignment]  # see above
+    model.simtool_pooling = pooling or describe_pooling(model)  # type: ignore[assignment]  # see above
     from simtool.backends import attach_backend
 
     return attach_backend(model, backend, path)
@@ -161,7 +163,7 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     """A short sha256 over the module stack and every weight (as float32), independent of device and dtype."""
     h = hashlib.sha256()
     for module in model:
-        config = {} if isinstance(module, Transformer) else module.get_config_dict()
+        config = {} if isinstance(module, Transformer) else cast(Any, module).get_config_dict()
         h.update(f"{type(module).__name__}:{json.dumps(config, sort_keys=True, default=str)};".encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu", torch.float32).contiguous()

@@ -156,7 +156,7 @@ def loss_and_embedding_grads(
     totals: dict[str, float] = {}
     for begin, end in chunk_ranges(n, chunk):
         parts = rows_loss(leaves, all_labels, rank * n, begin, end, n)
-        sum(parts.values()).backward()  # type: ignore[union-attr]
+        sum(parts.values()).backward()  # type: ignore[union-attr]  # sum of tensors, not int
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach())
     grads = []
@@ -287,7 +287,7 @@ class ExactCachedLossMixin:
 
     def embeddings_loss(self, columns: list[Tensor], labels: Tensor | None = None) -> Tensor:
         """The summed loss from full-batch local embeddings."""
-        return sum(self.embeddings_loss_parts(columns, labels).values())  # type: ignore[return-value]
+        return sum(self.embeddings_loss_parts(columns, labels).values())  # type: ignore[return-value]  # sum of tensors, not int
 
     def forward_cached(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         """The full-batch loss (a scalar whose ``backward()`` runs the replays) with memory of one mini-batch."""
@@ -305,7 +305,7 @@ class ExactCachedLossMixin:
         def replay(grad_output: Tensor) -> None:
             replay_backward(self.embed, self.model, features, states, grads, self.mini_batch_size or 1, grad_output)
 
-        value.register_hook(replay)  # type: ignore[arg-type]
+        value.register_hook(replay)
         return value
 
 
@@ -368,7 +368,9 @@ def wrap_ddp(model: nn.Module, sample_features: dict[str, Tensor]) -> Distribute
     # BERT's buffers (position ids) are constants: no broadcast before every forward pass. torch 2.13
     # renamed the option; older versions only know broadcast_buffers.
     params = inspect.signature(DistributedDataParallel).parameters
-    no_sync_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+    no_sync_buffers: dict[str, Any] = {
+        "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False
+    }
     return DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync_buffers
     )

@@ -745,12 +745,12 @@ def build_index(
     else:
         items = list(corpus)
         if items and all(isinstance(p, EncodedPart) for p in items):
-            parts = items  # type: ignore[assignment]
-            docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]
+            parts = items  # type: ignore[assignment]  # all(isinstance) does not narrow
+            docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]  # all EncodedPart, as above
         else:
-            docs = items  # type: ignore[assignment]
-        _check_batch(docs, "documents")  # type: ignore[arg-type]
-        n = len(docs)  # type: ignore[arg-type]
+            docs = items
+        _check_batch(docs, "documents")
+        n = len(docs)
         if n == 0:
             raise SimtoolError("documents: nothing to index")
     loaded = model is not None and not isinstance(model, (str, os.PathLike))

@@ -245,7 +245,7 @@ class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
         self.same_view_negatives = same_view_negatives
         self.distill_weight = float(distill_weight)
         self.distill = CosineMatrixDistillationLoss(distill_weight) if distill_weight > 0 else None
-        self.mini_batch_size = mini_batch_size  # type: ignore[assignment]
+        self.mini_batch_size = mini_batch_size
         self.autocast_dtype = autocast_dtype
         self.gather_across_devices = gather_across_devices
         self.duplicate_single_column = duplicate_single_column

@@ -25,7 +25,8 @@ class LayerPooling(Module):
     Output: ``sentence_embedding`` of shape ``(batch, embedding_dimension)``.
     """
 
-    config_keys: ClassVar[list[str]] = ["embedding_dimension", "layers"]
+    # per class, as in sentence-transformers, whose Module annotates it without ClassVar
+    config_keys: ClassVar[list[str]] = ["embedding_dimension", "layers"]  # type: ignore[misc]  # see above
 
     def __init__(self, embedding_dimension: int, layers: list[int] | tuple[int, ...] = (1, -1)) -> None:
         super().__init__()
@@ -170,11 +171,12 @@ def fast_path(modules: Sequence[Any]) -> FastPath:
         raise SimtoolError("the model has no pooling module after its transformer; load it with backend='torch'")
     first = rest[0]
     layers: tuple[int, ...] | None
+    pool: Callable[[np.ndarray, np.ndarray], np.ndarray]
     if isinstance(first, LayerPooling):
         layers, pool = tuple(first.layers), _mean
     else:
         layers, pool = None, _pooling_step(first)
-    builders = {Normalize: lambda _m: normalize, Dense: _dense_step}
+    builders: dict[type, Callable[[Any], VectorStep]] = {Normalize: lambda _m: normalize, Dense: _dense_step}
     steps: list[VectorStep] = []
     for module in rest[1:]:
         build = builders.get(type(module))

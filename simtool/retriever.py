@@ -290,8 +290,8 @@ class Retriever:
         ]
         return _pad(scores, k), hits
 
-    @overload
-    def search(self, queries: str, k: int = ..., *, filter: Filter = ...) -> list[Hit]: ...
+    @overload  # a str is also a Sequence[str]; this overload comes first, so it wins
+    def search(self, queries: str, k: int = ..., *, filter: Filter = ...) -> list[Hit]: ...  # type: ignore[overload-overlap]  # str first wins
     @overload
     def search(self, queries: Sequence[str], k: int = ..., *, filter: Filter = ...) -> list[list[Hit]]: ...
 
@@ -303,7 +303,7 @@ class Retriever:
         ``filter``: a metadata filter (see :mod:`simtool.filters`), as a dict or JSON text.
         """
         single = isinstance(queries, str)
-        batch = [queries] if single else list(queries)
+        batch = [queries] if isinstance(queries, str) else list(queries)
         if k <= 0:
             raise SimtoolError(f"k must be positive, got {k}")
         for i, q in enumerate(batch):
@@ -363,7 +363,8 @@ class Retriever:
 
     def live_vectors(self) -> tuple[np.ndarray, list[str]]:
         """Raw encoder vectors ``(n, d) float32`` of every live document, and their ids, in snapshot order."""
-        blocks, ids = [], []
+        blocks: list[np.ndarray] = []
+        ids: list[str] = []
         for seg in self._snapshot.segments:
             rows = np.arange(seg.info.count) if seg.live_mask is None else np.flatnonzero(seg.live_mask)
             blocks.append(np.asarray(seg.raw[rows], dtype=np.float32))

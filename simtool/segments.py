@@ -357,11 +357,12 @@ def _search_parameters(index: Any, params: dict[str, int], allowed: np.ndarray |
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        p = faiss.SearchParametersIVF()
+        p: Any = faiss.SearchParametersIVF()  # Any: _keep below is our attribute, not faiss's
         p.nprobe = params.get("nprobe", ivf.nprobe)
     elif "HNSW" in type(index).__name__:
-        p = faiss.SearchParametersHNSW()
-        p.efSearch = params.get("efSearch", faiss.downcast_index(index).hnsw.efSearch)
+        p = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's __init__.pyi
+        hnsw = faiss.downcast_index(index).hnsw  # type: ignore[attr-defined]  # the stub types it as Index
+        p.efSearch = params.get("efSearch", hnsw.efSearch)
     else:
         p = faiss.SearchParameters()
     if allowed is not None:

@@ -92,7 +92,7 @@ def _open_input(path: Path) -> IO[bytes]:
     except OSError as e:
         raise SimtoolError(f"cannot read {path}: {e.strerror or e}") from None
     if f.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]  # reads like the BufferedReader
     return f
 
 
@@ -388,7 +388,7 @@ def shuffle_files(
     with atomic_path(out_path) as tmp_out:
         raw = open(tmp_out, "wb", buffering=_io_bytes(budget))  # noqa: SIM115 - closed below
         sink: IO[bytes] = (
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0)  # type: ignore[assignment]
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0)  # type: ignore[assignment]  # GzipFile is an IO[bytes] at run time
             if out_path.name.endswith(".gz")
             else raw
         )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from simtool.errors import IndexDirError, SimtoolError
+from simtool.evals.tuning import sts_tuning
 from simtool.index import add_to_index, build_index, index_info, live_vectors, reduce_index
 from simtool.manifest import Manifest
 from simtool.reduce import Whitening, load_reducer
@@ -80,7 +81,7 @@ def test_tuning_refuses_the_test_split(index_dir: Path, tmp_path: Path) -> None:
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("sentence1\tsentence2\tscore\nthe cat\ta cat\t4.5\n")
     with pytest.raises(SimtoolError, match="tuning on the test split would leak"):
-        whiten_index(index_dir, dim=8, power="auto", tune_on=pairs, tune_split="test", progress=False)
+        whiten_index(index_dir, dim=8, power="auto", tune=sts_tuning(pairs, "test"), progress=False)
 
 
 def test_cli_whiten_project_and_dims(

@@ -118,7 +118,7 @@ def init_ray(options: RayOptions) -> Any:
 def _parquet_documents(
     path: Path, text_field: str | None, id_field: str | None, title_field: str | None
 ) -> Iterator[Document]:
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq
 
     try:
         table = pq.ParquetFile(path)
@@ -158,7 +158,7 @@ def iter_corpus(
 
 
 def _rows_block(docs: Sequence[Document], file_index: int, first_row: int) -> Any:
-    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow as pa
 
     return pa.table(
         {
@@ -197,15 +197,13 @@ def _corpus_datasource(paths: Sequence[Path], fields: dict[str, str | None], blo
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    class CorpusDatasource(Datasource):  # type: ignore[misc]
+    class CorpusDatasource(Datasource):
         """One read task per file, so a file's rows stay in order and errors name its lines."""
 
         def estimate_inmemory_data_size(self) -> int | None:
             return sum(p.stat().st_size for p in paths)
 
-        def get_read_tasks(  # type: ignore[override]
-            self, parallelism: int, per_task_row_limit: int | None = None, **_: Any
-        ) -> list[Any]:
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, **_: Any) -> list[Any]:
             tasks = []
             for i, path in enumerate(paths):
                 meta = BlockMetadata(

@@ -18,7 +18,7 @@ _lc = require("langchain_core.embeddings", "langchain")
 __all__ = ["SimtoolEmbeddings"]
 
 
-class SimtoolEmbeddings(_lc.Embeddings):  # type: ignore[misc,name-defined]
+class SimtoolEmbeddings(_lc.Embeddings):  # type: ignore[name-defined]  # the base class comes from an optional extra, loaded at run time
     """LangChain ``Embeddings`` over a simtool encoder.
 
     Give ``model`` (a directory, a cached hub name; None is all-MiniLM-L6-v2) or ``index_dir``
@@ -49,7 +49,7 @@ class SimtoolEmbeddings(_lc.Embeddings):  # type: ignore[misc,name-defined]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """One batched encode for all texts; ``len(texts)`` lists of ``dim`` floats."""
-        return self.embedder.encode(texts, batch_size=self.batch_size).tolist()  # type: ignore[no-any-return]
+        return self.embedder.encode(texts, batch_size=self.batch_size).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embedder.encode([text], batch_size=self.batch_size)[0].tolist()  # type: ignore[no-any-return]
+        return self.embedder.encode([text], batch_size=self.batch_size)[0].tolist()

@@ -19,7 +19,7 @@ _pydantic = require("pydantic", "llamaindex")
 __all__ = ["SimtoolEmbedding"]
 
 
-class SimtoolEmbedding(_li.BaseEmbedding):  # type: ignore[misc,name-defined]
+class SimtoolEmbedding(_li.BaseEmbedding):  # type: ignore[name-defined]  # the base class comes from an optional extra, loaded at run time
     """LlamaIndex ``BaseEmbedding`` over a simtool encoder (``model`` or ``index_dir``, see ``SimtoolEmbeddings``).
 
     ``embed_batch_size`` texts go to the encoder at once (LlamaIndex's own batching); within that the
@@ -56,7 +56,7 @@ class SimtoolEmbedding(_li.BaseEmbedding):  # type: ignore[misc,name-defined]
         return self._embedder
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._embedder.encode(texts, batch_size=self.encode_batch_size).tolist()  # type: ignore[no-any-return]
+        return self._embedder.encode(texts, batch_size=self.encode_batch_size).tolist()
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._get_text_embeddings([text])[0]

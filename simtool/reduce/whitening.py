@@ -23,6 +23,7 @@ from scipy.linalg.blas import dsyrk
 
 from simtool.errors import SimtoolError
 from simtool.reduce.base import LinearReducer, check_finite, iter_chunks
+from simtool.stats import spearman
 
 POWER_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 RANK_RTOL = 1e-10  # eigenvalues below this fraction of the largest count as zero
@@ -120,7 +121,7 @@ class Whitening(LinearReducer):
         self,
         vectors: np.ndarray | Iterable[np.ndarray],
         *,
-        tune: tuple[np.ndarray, np.ndarray, Sequence[float]] | None = None,
+        tune: tuple[np.ndarray, np.ndarray, Sequence[float] | np.ndarray] | None = None,
         source_fingerprint: str | None = None,
     ) -> Whitening:
         """Fit on ``(n, d)`` vectors: an array, a memmap, or an iterable of chunks (streamed).
@@ -165,9 +166,7 @@ class Whitening(LinearReducer):
         scale = (self.eigenvalues_[:k] + self.eps) ** (-p) if p else np.ones(k)
         return self.components_[:, :k] * scale
 
-    def _tune(self, emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -> tuple[int, float]:
-        from simtool.evals.metrics import spearman
-
+    def _tune(self, emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float] | np.ndarray) -> tuple[int, float]:
         d = len(self.mean_)
         dims = candidate_dims(d) if self.dim == "auto" else [d if self.dim is None else int(self.dim)]
         powers = POWER_GRID if self.power == "auto" else (float(self.power),)

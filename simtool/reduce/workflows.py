@@ -1,12 +1,13 @@
 """Fitting reducers where users need them: on an index's stored vectors, or on a corpus through an encoder.
 
-Tuning on an STS dev set uses the raw embeddings of its sentence pairs, encoded by the same
-model; the test split is refused so that reported test scores stay honest.
+Tuning uses the raw embeddings of STS dev pairs, encoded by the model being reduced; the caller
+supplies them through a ``Tuning`` callable (``simtool.evals.tuning.sts_tuning``) so the core never
+imports evals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +23,9 @@ from simtool.reduce.projection import Distribution, RandomProjection
 from simtool.reduce.whitening import Whitening
 
 TuneSet = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def sts_tuning_set(model: SentenceTransformer, path: str | Path, split: str = "dev") -> TuneSet:
-    """Raw embeddings of both sides of an STS split and its gold scores; any format ``simtool eval sts`` reads."""
-    from simtool.evals.sts import encode_pairs, load_sts
-
-    if split == "test":
-        raise SimtoolError("tuning on the test split would leak it into the reported score; use --tune-split dev")
-    data = load_sts(path, "auto", split)
-    emb1, emb2 = encode_pairs(model, data.sentences1, data.sentences2)
-    return emb1, emb2, np.asarray(data.scores, dtype=np.float64)
+"""Raw embeddings ``(n, d)`` of both sides of STS pairs and their gold scores ``(n,)`` float64."""
+Tuning = Callable[[SentenceTransformer], TuneSet]
+"""Makes the tuning set with the encoder being reduced (``simtool.evals.tuning.sts_tuning`` reads STS files)."""
 
 
 def _index_vectors(index_dir: Path) -> tuple[Manifest, np.ndarray]:
@@ -45,16 +38,16 @@ def whiten_index(
     dim: int | str | None = None,
     power: float | str = 0.5,
     eps: float = 0.0,
-    tune_on: str | Path | None = None,
-    tune_split: str = "dev",
+    tune: Tuning | None = None,
     factory: str | None = None,
     progress: bool = True,
 ) -> tuple[Whitening, Manifest]:
     """Fit whitening on an index's raw corpus vectors and rebuild the index at ``dim`` dimensions."""
     target = Path(index_dir) if index_dir is not None else default_index_dir()
     manifest, raw = _index_vectors(target)
-    tune = sts_tuning_set(load_index_encoder(manifest), tune_on, tune_split) if tune_on is not None else None
-    whitening = Whitening(dim, power, eps).fit(raw, tune=tune, source_fingerprint=manifest.model.fingerprint)
+    whitening = Whitening(dim, power, eps).fit(
+        raw, tune=tune(load_index_encoder(manifest)) if tune else None, source_fingerprint=manifest.model.fingerprint
+    )
     return whitening, reduce_index(whitening, target, factory=factory, progress=progress)
 
 
@@ -110,8 +103,7 @@ def whiten_model(
     dim: int | str | None = None,
     power: float | str = 0.5,
     eps: float = 0.0,
-    tune_on: str | Path | None = None,
-    tune_split: str = "dev",
+    tune: Tuning | None = None,
     fields: CorpusFields = CorpusFields(),
 ) -> tuple[Whitening, Path]:
     """Fit whitening on ``corpus`` encoded by ``model`` and write the reduced model to ``output``."""
@@ -120,9 +112,10 @@ def whiten_model(
 
     fields.count(Path(corpus))  # validate the whole file before encoding any of it
     encoder = load_encoder(model, pooling)
-    tune = sts_tuning_set(encoder, tune_on, tune_split) if tune_on is not None else None
     whitening = Whitening(dim, power, eps).fit(
-        corpus_vectors(encoder, corpus, fields), tune=tune, source_fingerprint=model_fingerprint(encoder)
+        corpus_vectors(encoder, corpus, fields),
+        tune=tune(encoder) if tune else None,
+        source_fingerprint=model_fingerprint(encoder),
     )
     return whitening, export_reduced_model(encoder, whitening, output)
 

@@ -132,14 +132,14 @@ def batches_without_duplicates(rows: Iterator[tuple[str, ...]], batch_size: int)
                 still_waiting.append(row)
         waiting.extendleft(reversed(still_waiting))
         while len(batch) < batch_size and not exhausted:
-            row = next(rows, None)
-            if row is None:
+            nxt = next(rows, None)
+            if nxt is None:
                 exhausted = True
-            elif fits(row):
-                batch.append(row)
-                seen.update(row)
+            elif fits(nxt):
+                batch.append(nxt)
+                seen.update(nxt)
             else:
-                waiting.append(row)
+                waiting.append(nxt)
         if len(batch) < batch_size:
             return
         yield batch

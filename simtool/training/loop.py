@@ -409,8 +409,9 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
 def build_loss(config: TrainConfig, model: torch.nn.Module, local_batch: int, dtype: torch.dtype | None) -> Any:
     """The recipe's loss module around ``model`` (possibly DDP-wrapped); cached when b < local batch."""
     cls = get_recipe(config.recipe).loss_class()
-    cached = config.accumulation == "exact" and config.mini_batch_size is not None
-    mini = config.mini_batch_size if cached and config.mini_batch_size < local_batch else None  # type: ignore[operator]
+    mini_size = config.mini_batch_size
+    cached = config.accumulation == "exact" and mini_size is not None
+    mini = mini_size if cached and mini_size is not None and mini_size < local_batch else None
     return cls(
         model,
         scale=config.scale,
@@ -516,7 +517,7 @@ class _Run:
         self.evals: list[dict[str, Any]] = []
         self.resumed_from: int | None = None
         self.last_saved = -1
-        self.last_loss = float("nan")
+        self.last_loss: float = float("nan")
         self.sentences = 0
         self.texts_per_step = config.batch_size * get_recipe(config.recipe).texts_per_row(self.columns)
         if state is not None:
@@ -539,7 +540,7 @@ class _Run:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.baseline, self.evals = state["baseline_score"], list(state["evals"])
-        self.last_loss = state["loss"]
+        self.last_loss = float(state["loss"])
         self.resumed_from = self.last_saved = self.step
         set_rng_state(state["rng"][self.rank], self.device)
         log = self.output / "train_log.jsonl"
@@ -626,6 +627,7 @@ class _Run:
             with torch.no_grad():
                 labels = self.teacher.encode(teacher_texts, convert_to_tensor=True, batch_size=self.local_batch)
         if config.accumulation == "naive":
+            assert config.mini_batch_size is not None  # TrainConfig rejects naive accumulation without it
             loss = naive_accumulation_backward(
                 self.loss_fn, features, labels, config.mini_batch_size, scale=self.scaler.get_scale()
             )
@@ -661,7 +663,13 @@ class _Run:
         self.last_loss = mean_loss
         self.sentences += self.texts_per_step
         seconds = round(time.perf_counter() - t0, 4)
-        self.log_entry = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "s": seconds}
+        self.log_entry: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": mean_loss,
+            "lr": lr,
+            "s": seconds,
+        }
         parts = getattr(self.loss_fn, "last_parts", None)
         if parts and len(parts) > 1:  # the named parts (this process's), when the loss has several
             self.log_entry["parts"] = {k: round(v, 6) for k, v in parts.items()}
