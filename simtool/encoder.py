@@ -127,7 +127,7 @@ def _load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
 
     types = {m.get("type", "") for m in json.loads((path / "modules.json").read_text())}
     classes = {"LayerPooling": LayerPooling, "UniLMHead": UniLMHead}
-    ours = {
+    ours: dict[str, Any] = {
         t: classes[t.rsplit(".", 1)[-1]] for t in types if t.startswith("simtool.") and t.rsplit(".", 1)[-1] in classes
     }
     if ours:

@@ -711,7 +711,7 @@ def verify_index(index_dir: str | Path | None = None) -> dict[str, Any]:
 
 
 def build_index(
-    corpus: str | Path | Iterable[Document],
+    corpus: str | Path | Iterable[Document] | Iterable[EncodedPart],
     index_dir: str | Path | None = None,
     *,
     model: Any = None,
@@ -743,14 +743,14 @@ def build_index(
         n: int | None = fields.count(path)
         docs: Iterable[Document] = fields.read(path)
     else:
-        items = list(corpus)
+        items: list[Any] = list(corpus)
         if items and all(isinstance(p, EncodedPart) for p in items):
-            parts = items  # type: ignore[assignment]  # all(isinstance) does not narrow
-            docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]  # all EncodedPart, as above
+            parts = items
+            listed: list[Document] = [d for p in items for d in p.docs]
         else:
-            docs = items
-        _check_batch(docs, "documents")
-        n = len(docs)
+            listed = items
+        _check_batch(listed, "documents")
+        docs, n = listed, len(listed)
         if n == 0:
             raise SimtoolError("documents: nothing to index")
     loaded = model is not None and not isinstance(model, (str, os.PathLike))

@@ -393,7 +393,7 @@ class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
         self.scale, self.margin = float(scale), float(margin)
         self.distill_weight = float(distill_weight)
         self.distill = CosineMatrixDistillationLoss(distill_weight) if distill_weight > 0 else None
-        self.mini_batch_size = mini_batch_size  # type: ignore[assignment]
+        self.mini_batch_size = mini_batch_size
         self.autocast_dtype = autocast_dtype
         self.gather_across_devices = gather_across_devices
         self._tokens: Tensor | None = None
@@ -488,7 +488,7 @@ class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
         def replay(grad_output: Tensor) -> None:
             replay_backward(self.embed, self.model, [features], [states], grads, b, grad_output, seq2seq_share)
 
-        value.register_hook(replay)  # type: ignore[arg-type]
+        value.register_hook(replay)
         return value
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def word_starts(tokenizer: Any, text: str, ids: Sequence[int]) -> list[bool]:
 def _jieba_starts(text: str, tokens: Sequence[str]) -> list[bool] | None:
     """Align jieba words to character-level tokens; None when jieba is missing or the alignment fails."""
     try:
-        import jieba  # type: ignore[import-untyped]
+        import jieba
     except ImportError:
         return None
     boundaries, at = set(), 0

@@ -246,7 +246,7 @@ def special_ids(tokenizer: Any) -> tuple[int, int, int, int]:
     ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id)
     if any(i is None for i in ids):
         raise SimtoolError("roformer-sim needs a BERT-style tokenizer with [CLS], [SEP], [PAD] and [MASK] tokens")
-    return ids  # type: ignore[return-value]
+    return ids
 
 
 _truncation_warned = False

@@ -115,7 +115,7 @@ def read_export_record(model_dir: Path) -> dict[str, Any] | None:
         record["backend"]
     except (ValueError, KeyError, TypeError):
         raise SimtoolError(f"{path}: corrupt export record; export the model again with `simtool export`") from None
-    return record  # type: ignore[no-any-return]
+    return record
 
 
 def attach_backend(model: SentenceTransformer, name: str, model_dir: Path) -> SentenceTransformer:
