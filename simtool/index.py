@@ -81,6 +81,7 @@ __all__ = [
     "add_to_index",
     "build_index",
     "collect_garbage",
+    "create_index",
     "encode_parts",
     "index_info",
     "live_vectors",
@@ -789,6 +790,43 @@ def build_index(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def create_index(index_dir: str | Path, model: ModelInfo, *, metric: str = "ip", factory: str = "auto") -> Manifest:
+    """A new index with no documents, for vectors that an outside encoder (``model`` describes it) makes
+    and :meth:`Index.append` adds. The directory appears whole, by one rename; an existing index is an error."""
+    target = Path(index_dir)
+    if metric not in METRICS:
+        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if model.dim <= 0:
+        raise SimtoolError(f"model.dim must be positive, got {model.dim}")
+    if _is_index(target):
+        raise IndexDirError(f"{target}: already an index")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise IndexDirError(f"{target}: exists and is not an empty directory; pick a new index_dir")
+    chosen = choose_factory(0, model.dim, None) if factory == "auto" else factory
+    new_faiss_index(chosen, model.dim, metric)  # an unknown factory fails here
+    manifest = Manifest(
+        model=model,
+        dim=model.dim,
+        metric=metric,
+        factory=chosen,
+        factory_spec=factory,
+        count=0,
+        search_params=default_search_params(chosen),
+        generation=1,
+        created_at=_now(),
+        updated_at=_now(),
+        simtool_version=__version__,
+    )
+    staging = staging_dir_for(target)
+    try:
+        manifest.save(staging)
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
 
 
 def _is_index(directory: Path) -> bool:

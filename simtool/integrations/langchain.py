@@ -1,21 +1,32 @@
 """LangChain adapters (extra ``simtool[langchain]``).
 
 ``SimtoolEmbeddings`` encodes with a simtool model, or with an index's model and reducers, so that
-LangChain components see the same vectors as ``simtool search``.
+LangChain components see the same vectors as ``simtool search``. ``SimtoolVectorStore`` is a
+LangChain ``VectorStore`` over a simtool index directory (segments, upsert, delete, filters).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from simtool.embedder import Embedder
 from simtool.errors import SimtoolError
 from simtool.integrations import require
 
 _lc = require("langchain_core.embeddings", "langchain")
+_lc_docs = require("langchain_core.documents", "langchain")
+_lc_vs = require("langchain_core.vectorstores", "langchain")
+_lc_utils = require("langchain_core.vectorstores.utils", "langchain")
 
-__all__ = ["SimtoolEmbeddings"]
+__all__ = ["SimtoolEmbeddings", "SimtoolVectorStore"]
 
 
 class SimtoolEmbeddings(_lc.Embeddings):  # type: ignore[misc,name-defined]
@@ -53,3 +64,273 @@ class SimtoolEmbeddings(_lc.Embeddings):  # type: ignore[misc,name-defined]
 
     def embed_query(self, text: str) -> list[float]:
         return self.embedder.encode([text], batch_size=self.batch_size)[0].tolist()  # type: ignore[no-any-return]
+
+
+# --- vector store -------------------------------------------------------------------------------------
+
+DISTANCES = ("cosine", "ip", "l2")
+_EXTERNAL = "external"  # ModelInfo.pooling of an index whose vectors an outside Embeddings makes
+
+
+def _external_model(embedding: Any, dim: int, distance: str) -> Any:
+    from simtool.manifest import ModelInfo
+
+    name = type(embedding).__name__
+    # The distance goes into the manifest so that reopening the directory searches it the same way.
+    return ModelInfo(
+        name_or_path=f"langchain:{name}",
+        fingerprint=f"langchain:{name}:{dim}",
+        pooling=f"{_EXTERNAL}:{distance}",
+        max_seq_length=None,
+        dim=dim,
+    )
+
+
+def _distance_of(manifest: Any) -> str:
+    pooling = manifest.model.pooling
+    if pooling.startswith(f"{_EXTERNAL}:"):
+        return str(pooling.split(":", 1)[1])
+    return "ip" if manifest.metric == "ip" else "l2"
+
+
+class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
+    """A LangChain ``VectorStore`` kept in a simtool index directory (``index_dir``).
+
+    The directory is created by the first add (its dimension is the embedding's) or opened if it
+    already holds an index. ``distance``, for a new directory: ``"cosine"`` (vectors are L2-normalised,
+    then inner product), ``"ip"`` or ``"l2"`` (squared); an existing index keeps its own. Writes go
+    through the index's single writer (one generation per call, durable on return) and the store's
+    reader moves to the new generation before the call returns, so a write is visible to the next
+    search. Safe to share across threads; the async methods run the sync ones in an executor.
+    ``filter=`` takes a dict in simtool's filter language (:mod:`simtool.filters`).
+    """
+
+    def __init__(
+        self,
+        embedding: Any,
+        index_dir: str | os.PathLike[str],
+        *,
+        distance: str = "cosine",
+        lock_timeout: float = 30.0,
+    ) -> None:
+        if distance not in DISTANCES:
+            raise SimtoolError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        self._embedding = embedding
+        self.index_dir = Path(index_dir)
+        self.lock_timeout = lock_timeout
+        self._write_lock = threading.Lock()
+        self._retriever: Any = None
+        self.distance = distance
+        self._open()
+
+    # --- plumbing --------------------------------------------------------------------------------
+    def _open(self) -> None:
+        from simtool.index import _is_index
+        from simtool.retriever import Retriever
+
+        if self._retriever is None and _is_index(self.index_dir):
+            self._retriever = Retriever.load(self.index_dir, backend="faiss", gpu=False, load_model=False)
+            self.distance = _distance_of(self._retriever.manifest)
+
+    @property
+    def embeddings(self) -> Any:
+        return self._embedding
+
+    def _doc_vectors(self, texts: list[str]) -> np.ndarray:
+        """``(n, d) float32`` raw vectors as the index stores them (before its reducers, if any)."""
+        emb = self._embedding
+        if isinstance(emb, SimtoolEmbeddings) and emb.embedder.reducers:
+            from simtool.encoder import encode_texts
+
+            vectors = encode_texts(emb.embedder.encoder, texts, batch_size=emb.batch_size)
+        else:
+            vectors = np.asarray(emb.embed_documents(texts), dtype=np.float32)
+        return self._prepare(vectors)
+
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise SimtoolError(f"the embedding gave vectors of shape {vectors.shape}, expected (n, dim)")
+        if self.distance == "cosine":
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1.0)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _query_vector(self, embedding: Sequence[float]) -> np.ndarray:
+        q = self._prepare(np.asarray([embedding], dtype=np.float32))
+        want = self._retriever.manifest.dim
+        if q.shape[1] != want:
+            raise SimtoolError(f"embedding has {q.shape[1]} dims, the index at {self.index_dir} holds {want}")
+        return q
+
+    def _ensure_index(self, dim: int) -> None:
+        """Create the directory on the first add. Call under the write lock."""
+        from simtool.index import create_index
+
+        self._open()
+        if self._retriever is None:
+            metric = "l2" if self.distance == "l2" else "ip"
+            create_index(self.index_dir, _external_model(self._embedding, dim, self.distance), metric=metric)
+            self._open()
+
+    def _writer(self) -> Any:
+        from simtool.index import Index
+
+        return Index(self.index_dir, lock_timeout=self.lock_timeout, gpu=False)
+
+    # --- writes ----------------------------------------------------------------------------------
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and add texts in one commit; an id already stored is replaced (upsert). Missing ids get uuid4s."""
+        from simtool.corpus import Document
+        from simtool.index import EncodedPart
+
+        texts = list(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise SimtoolError(f"metadatas has {len(metadatas)} entries for {len(texts)} texts")
+        if ids is not None and len(ids) != len(texts):
+            raise SimtoolError(f"ids has {len(ids)} entries for {len(texts)} texts")
+        out = [str(i) if i else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
+        if not texts:
+            return out
+        metas = [dict(m or {}) for m in (metadatas or [{}] * len(texts))]
+        vectors = self._doc_vectors(texts)
+        last = {doc_id: i for i, doc_id in enumerate(out)}  # a repeated id in one call: the last one wins
+        keep = sorted(last.values())
+        docs = [Document(id=out[i], text=texts[i], metadata=metas[i]) for i in keep]
+        with self._write_lock:
+            self._ensure_index(vectors.shape[1])
+            want = self._retriever.manifest.model.dim
+            if vectors.shape[1] != want:
+                raise SimtoolError(f"embedding has {vectors.shape[1]} dims, the index at {self.index_dir} holds {want}")
+            self._writer().append([EncodedPart(docs, vectors[keep])], on_duplicate="replace")
+            self._retriever.refresh()
+        return out
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete the given ids (unknown ones are ignored) in one commit."""
+        if ids is None:
+            raise SimtoolError("delete needs ids; remove the index directory to drop everything")
+        with self._write_lock:
+            self._open()
+            if self._retriever is None or not ids:
+                return True
+            self._writer().delete([str(i) for i in ids])
+            self._retriever.refresh()
+        return True
+
+    # --- reads -----------------------------------------------------------------------------------
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Any]:
+        """The stored documents with these ids, in the order given; unknown ids are left out."""
+        retriever = self._retriever
+        if retriever is None:
+            return []
+        found = retriever.get([str(i) for i in ids])
+        return [self._lc_doc(found[i]) for i in ids if i in found]
+
+    @staticmethod
+    def _lc_doc(doc: Any) -> Any:
+        return _lc_docs.Document(id=doc.id, page_content=doc.text, metadata=doc.metadata)
+
+    def _search(
+        self, embedding: Sequence[float], k: int, filter: dict[str, Any] | str | None
+    ) -> list[tuple[Any, float, np.ndarray]]:
+        """``(document, score, stored vector)`` of the top ``k``; score as ``similarity_search_with_score``."""
+        retriever = self._retriever
+        if retriever is None or retriever.manifest.count == 0:
+            if filter is not None:
+                from simtool.filters import parse_filter
+
+                parse_filter(filter)  # a bad filter fails even on an empty store
+            return []
+        hits, stored = retriever.search_vectors_with_hits(self._query_vector(embedding), k, filter=filter)
+        return [(self._lc_doc(h), h.distance, v) for h, v in zip(hits[0], stored[0], strict=True)]
+
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[tuple[Any, float]]:
+        """``(document, score)``: cosine similarity / inner product (higher is closer) or squared L2 (lower)."""
+        return [(d, s) for d, s, _ in self._search(embedding, k, filter)]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[tuple[Any, float]]:
+        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter)
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[Any]:
+        return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
+
+    def similarity_search(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[Any]:
+        return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        """Scores mapped to [0, 1] (1 = same direction), exact for unit vectors: cosine and simtool's models."""
+        if self.distance == "l2":
+            return lambda d: 1.0 - math.sqrt(max(d, 0.0)) / math.sqrt(2)
+        return lambda s: (1.0 + s) / 2.0
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """MMR over the ``fetch_k`` nearest, with the vectors the index holds (as langchain's in-memory store)."""
+        hits = self._search(embedding, fetch_k, filter)
+        if not hits:
+            return []
+        query = self._query_vector(embedding)[0]
+        chosen = _lc_utils.maximal_marginal_relevance(query, [v for _, _, v in hits], k=k, lambda_mult=lambda_mult)
+        return [hits[i][0] for i in chosen]
+
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        return self.max_marginal_relevance_search_by_vector(
+            self._embedding.embed_query(query), k, fetch_k, lambda_mult, filter
+        )
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Any,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        index_dir: str | os.PathLike[str] | None = None,
+        distance: str = "cosine",
+        **kwargs: Any,
+    ) -> SimtoolVectorStore:
+        """A store at ``index_dir`` (created if absent) holding ``texts``."""
+        if index_dir is None:
+            raise SimtoolError("from_texts needs index_dir, the directory the store lives in")
+        store = cls(embedding, index_dir, distance=distance)
+        store.add_texts(texts, metadatas, ids=ids)  # type: ignore[arg-type]
+        return store
+
+    def close(self) -> None:
+        """Release the reader (its lease on a generation)."""
+        with self._write_lock:
+            if self._retriever is not None:
+                self._retriever.close()
+                self._retriever = None
