@@ -353,6 +353,18 @@ class Retriever:
             found.update(seg.rows_of(list(ids)))
         return found
 
+    def ids_where(self, filter: Filter) -> list[str]:
+        """Every live id whose metadata matches ``filter`` (all live ids for None), exactly, in snapshot order."""
+        parsed = parse_filter(filter)
+        sql = compile_filter(parsed) if parsed else None
+        out: list[str] = []
+        for seg in self._snapshot.segments:
+            mask = seg.allowed(sql)
+            rows = np.arange(seg.info.count) if mask is None else np.flatnonzero(mask)
+            docs = seg.docs(rows.tolist())
+            out.extend(docs[int(r)].id for r in rows)
+        return out
+
     def get(self, ids: Sequence[str]) -> dict[str, Document]:
         """The live documents with the given ids."""
         out: dict[str, Document] = {}

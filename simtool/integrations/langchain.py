@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from simtool.embedder import Embedder
 from simtool.errors import SimtoolError
 from simtool.integrations import require
+from simtool.integrations.store import ExternalVectorIndex
 
 _lc = require("langchain_core.embeddings", "langchain")
 _lc_docs = require("langchain_core.documents", "langchain")
@@ -68,30 +68,6 @@ class SimtoolEmbeddings(_lc.Embeddings):  # type: ignore[misc,name-defined]
 
 # --- vector store -------------------------------------------------------------------------------------
 
-DISTANCES = ("cosine", "ip", "l2")
-_EXTERNAL = "external"  # ModelInfo.pooling of an index whose vectors an outside Embeddings makes
-
-
-def _external_model(embedding: Any, dim: int, distance: str) -> Any:
-    from simtool.manifest import ModelInfo
-
-    name = type(embedding).__name__
-    # The distance goes into the manifest so that reopening the directory searches it the same way.
-    return ModelInfo(
-        name_or_path=f"langchain:{name}",
-        fingerprint=f"langchain:{name}:{dim}",
-        pooling=f"{_EXTERNAL}:{distance}",
-        max_seq_length=None,
-        dim=dim,
-    )
-
-
-def _distance_of(manifest: Any) -> str:
-    pooling = manifest.model.pooling
-    if pooling.startswith(f"{_EXTERNAL}:"):
-        return str(pooling.split(":", 1)[1])
-    return "ip" if manifest.metric == "ip" else "l2"
-
 
 class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
     """A LangChain ``VectorStore`` kept in a simtool index directory (``index_dir``).
@@ -113,70 +89,31 @@ class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
         distance: str = "cosine",
         lock_timeout: float = 30.0,
     ) -> None:
-        if distance not in DISTANCES:
-            raise SimtoolError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
         self._embedding = embedding
-        self.index_dir = Path(index_dir)
-        self.lock_timeout = lock_timeout
-        self._write_lock = threading.Lock()
-        self._retriever: Any = None
-        self.distance = distance
-        self._open()
-
-    # --- plumbing --------------------------------------------------------------------------------
-    def _open(self) -> None:
-        from simtool.index import _is_index
-        from simtool.retriever import Retriever
-
-        if self._retriever is None and _is_index(self.index_dir):
-            self._retriever = Retriever.load(self.index_dir, backend="faiss", gpu=False, load_model=False)
-            self.distance = _distance_of(self._retriever.manifest)
+        self.store = ExternalVectorIndex(
+            index_dir, distance=distance, framework="langchain", embedding=embedding, lock_timeout=lock_timeout
+        )
 
     @property
     def embeddings(self) -> Any:
         return self._embedding
 
+    @property
+    def index_dir(self) -> Path:
+        return self.store.index_dir
+
+    @property
+    def distance(self) -> str:
+        return self.store.distance
+
     def _doc_vectors(self, texts: list[str]) -> np.ndarray:
-        """``(n, d) float32`` raw vectors as the index stores them (before its reducers, if any)."""
+        """Raw vectors as the index stores them (before its reducers, if any)."""
         emb = self._embedding
         if isinstance(emb, SimtoolEmbeddings) and emb.embedder.reducers:
             from simtool.encoder import encode_texts
 
-            vectors = encode_texts(emb.embedder.encoder, texts, batch_size=emb.batch_size)
-        else:
-            vectors = np.asarray(emb.embed_documents(texts), dtype=np.float32)
-        return self._prepare(vectors)
-
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2:
-            raise SimtoolError(f"the embedding gave vectors of shape {vectors.shape}, expected (n, dim)")
-        if self.distance == "cosine":
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms > 0, norms, 1.0)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-
-    def _query_vector(self, embedding: Sequence[float]) -> np.ndarray:
-        q = self._prepare(np.asarray([embedding], dtype=np.float32))
-        want = self._retriever.manifest.dim
-        if q.shape[1] != want:
-            raise SimtoolError(f"embedding has {q.shape[1]} dims, the index at {self.index_dir} holds {want}")
-        return q
-
-    def _ensure_index(self, dim: int) -> None:
-        """Create the directory on the first add. Call under the write lock."""
-        from simtool.index import create_index
-
-        self._open()
-        if self._retriever is None:
-            metric = "l2" if self.distance == "l2" else "ip"
-            create_index(self.index_dir, _external_model(self._embedding, dim, self.distance), metric=metric)
-            self._open()
-
-    def _writer(self) -> Any:
-        from simtool.index import Index
-
-        return Index(self.index_dir, lock_timeout=self.lock_timeout, gpu=False)
+            return encode_texts(emb.embedder.encoder, texts, batch_size=emb.batch_size)  # type: ignore[no-any-return]
+        return np.asarray(emb.embed_documents(texts), dtype=np.float32)
 
     # --- writes ----------------------------------------------------------------------------------
     def add_texts(
@@ -189,7 +126,6 @@ class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
     ) -> list[str]:
         """Embed and add texts in one commit; an id already stored is replaced (upsert). Missing ids get uuid4s."""
         from simtool.corpus import Document
-        from simtool.index import EncodedPart
 
         texts = list(texts)
         if metadatas is not None and len(metadatas) != len(texts):
@@ -200,63 +136,32 @@ class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
         if not texts:
             return out
         metas = [dict(m or {}) for m in (metadatas or [{}] * len(texts))]
-        vectors = self._doc_vectors(texts)
-        last = {doc_id: i for i, doc_id in enumerate(out)}  # a repeated id in one call: the last one wins
-        keep = sorted(last.values())
-        docs = [Document(id=out[i], text=texts[i], metadata=metas[i]) for i in keep]
-        with self._write_lock:
-            self._ensure_index(vectors.shape[1])
-            want = self._retriever.manifest.model.dim
-            if vectors.shape[1] != want:
-                raise SimtoolError(f"embedding has {vectors.shape[1]} dims, the index at {self.index_dir} holds {want}")
-            self._writer().append([EncodedPart(docs, vectors[keep])], on_duplicate="replace")
-            self._retriever.refresh()
+        docs = [Document(id=i, text=t, metadata=m) for i, t, m in zip(out, texts, metas, strict=True)]
+        self.store.upsert(docs, self._doc_vectors(texts))
         return out
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Delete the given ids (unknown ones are ignored) in one commit."""
         if ids is None:
             raise SimtoolError("delete needs ids; remove the index directory to drop everything")
-        with self._write_lock:
-            self._open()
-            if self._retriever is None or not ids:
-                return True
-            self._writer().delete([str(i) for i in ids])
-            self._retriever.refresh()
+        self.store.delete(ids)
         return True
 
     # --- reads -----------------------------------------------------------------------------------
     def get_by_ids(self, ids: Sequence[str], /) -> list[Any]:
         """The stored documents with these ids, in the order given; unknown ids are left out."""
-        retriever = self._retriever
-        if retriever is None:
-            return []
-        found = retriever.get([str(i) for i in ids])
+        found = self.store.get(ids)
         return [self._lc_doc(found[i]) for i in ids if i in found]
 
     @staticmethod
     def _lc_doc(doc: Any) -> Any:
         return _lc_docs.Document(id=doc.id, page_content=doc.text, metadata=doc.metadata)
 
-    def _search(
-        self, embedding: Sequence[float], k: int, filter: dict[str, Any] | str | None
-    ) -> list[tuple[Any, float, np.ndarray]]:
-        """``(document, score, stored vector)`` of the top ``k``; score as ``similarity_search_with_score``."""
-        retriever = self._retriever
-        if retriever is None or retriever.manifest.count == 0:
-            if filter is not None:
-                from simtool.filters import parse_filter
-
-                parse_filter(filter)  # a bad filter fails even on an empty store
-            return []
-        hits, stored = retriever.search_vectors_with_hits(self._query_vector(embedding), k, filter=filter)
-        return [(self._lc_doc(h), h.distance, v) for h, v in zip(hits[0], stored[0], strict=True)]
-
     def similarity_search_with_score_by_vector(
         self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Any, float]]:
         """``(document, score)``: cosine similarity / inner product (higher is closer) or squared L2 (lower)."""
-        return [(d, s) for d, s, _ in self._search(embedding, k, filter)]
+        return [(self._lc_doc(h), h.distance) for h, _ in self.store.search(embedding, k, filter)]
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -289,12 +194,12 @@ class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
         **kwargs: Any,
     ) -> list[Any]:
         """MMR over the ``fetch_k`` nearest, with the vectors the index holds (as langchain's in-memory store)."""
-        hits = self._search(embedding, fetch_k, filter)
+        hits = self.store.search(embedding, fetch_k, filter)
         if not hits:
             return []
-        query = self._query_vector(embedding)[0]
-        chosen = _lc_utils.maximal_marginal_relevance(query, [v for _, _, v in hits], k=k, lambda_mult=lambda_mult)
-        return [hits[i][0] for i in chosen]
+        query = self.store.query_vector(embedding)[0]
+        chosen = _lc_utils.maximal_marginal_relevance(query, [v for _, v in hits], k=k, lambda_mult=lambda_mult)
+        return [self._lc_doc(hits[i][0]) for i in chosen]
 
     def max_marginal_relevance_search(
         self,
@@ -330,7 +235,4 @@ class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
 
     def close(self) -> None:
         """Release the reader (its lease on a generation)."""
-        with self._write_lock:
-            if self._retriever is not None:
-                self._retriever.close()
-                self._retriever = None
+        self.store.close()
