@@ -28,7 +28,7 @@ def external_model(framework: str, embedding: Any, dim: int, distance: str) -> A
     """The manifest's record of an outside embedding model; the distance rides along so a reopen searches alike."""
     from simtool.manifest import ModelInfo
 
-    name = f"{framework}:{type(embedding).__name__}"
+    name = framework if embedding is None else f"{framework}:{type(embedding).__name__}"
     return ModelInfo(
         name_or_path=name, fingerprint=f"{name}:{dim}", pooling=f"{EXTERNAL}:{distance}", max_seq_length=None, dim=dim
     )
