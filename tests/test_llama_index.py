@@ -213,15 +213,15 @@ def test_default_model_on_scifact_retrieves_the_document(shared_data: Path, tmp_
 
     path = shared_data / "beir" / "scifact" / "corpus.jsonl"
     with path.open(encoding="utf-8") as f:
-        rows = [json.loads(next(f)) for _ in range(300)]
+        rows = [json.loads(next(f)) for _ in range(80)]
     docs = [LiDocument(text=r["text"], doc_id=r["_id"], metadata={"title": r["title"]}) for r in rows]
     embed = SimtoolEmbedding(device="cpu")
     store = SimtoolVectorStore(tmp_path / "store")
     index = _index(store, docs, embed)
     retriever = index.as_retriever(similarity_top_k=3)
     # a document's own title finds it: MiniLM puts a paper's title nearest its abstract
-    found = sum(retriever.retrieve(r["title"])[0].node.ref_doc_id == r["_id"] for r in rows[:40])
-    assert found >= 30, found
+    found = sum(retriever.retrieve(r["title"])[0].node.ref_doc_id == r["_id"] for r in rows[:20])
+    assert found >= 15, found
     target = rows[5]
     hit = retriever.retrieve(target["title"])[0].node
     assert hit.metadata == {"title": target["title"]} and target["text"].startswith(hit.get_content()[:50])
