@@ -94,7 +94,7 @@ class ExternalVectorIndex:
             raise SimtoolError(f"the embedding gave vectors of shape {out.shape}, expected (n, dim)")
         if self.distance == "cosine":
             norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out = out / np.where(norms > 0, norms, 1.0)
+            out = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def _writer(self) -> Any:
