@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from simtool._version import __version__
-from simtool.atomic import fsync_dir, replace_dir, staging_dir_for
+from simtool.atomic import fsync_dir, fsync_tree, replace_dir, staging_dir_for
 from simtool.config import default_index_dir
 from simtool.corpus import Document, read_documents, scan_corpus
 from simtool.docstore import DocStore
@@ -822,7 +822,16 @@ def create_index(index_dir: str | Path, model: ModelInfo, *, metric: str = "ip",
     staging = staging_dir_for(target)
     try:
         manifest.save(staging)
-        replace_dir(staging, target)
+        fsync_tree(staging)
+        # a plain rename, not replace_dir: it fails when another process published an index here meanwhile,
+        # where an exchange would silently throw that index away
+        os.rename(staging, target)
+        fsync_dir(target.parent)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _is_index(target):
+            raise IndexDirError(f"{target}: already an index (created meanwhile by another writer)") from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -273,3 +273,30 @@ async def test_concurrent_async_upserts_and_deletes_end_consistent(tmp_path: Pat
     await asyncio.gather(store.adelete(["k0", "k1"]), store.adelete(["k2"]))
     assert [d.id for d in await store.asimilarity_search("v", k=10)] == ["k3"]
     store.close()
+
+
+@pytest.mark.timeout(120)
+def test_several_stores_racing_to_create_one_directory_lose_nothing(tmp_path: Path) -> None:
+    """Separate stores (own locks, as separate processes would be) all make the first add at once."""
+    n = 4
+    stores = [SimtoolVectorStore(_fake(), tmp_path / "s") for _ in range(n)]
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def first_add(i: int) -> None:
+        try:
+            barrier.wait()
+            stores[i].add_texts([f"from store {i}"], ids=[f"s{i}"])
+        except BaseException as e:  # re-raised in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=first_add, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for store in stores:
+        store.refresh()
+        assert sorted(d.id for d in store.similarity_search("store", k=10)) == [f"s{i}" for i in range(n)]
+        store.close()

@@ -233,6 +233,11 @@ class SimtoolVectorStore(_lc_vs.VectorStore):  # type: ignore[misc,name-defined]
         store.add_texts(texts, metadatas, ids=ids)  # type: ignore[arg-type]
         return store
 
+    def refresh(self) -> None:
+        """See what other writers (other stores or processes on this directory) committed since; a store
+        sees its own writes without this."""
+        self.store.refresh()
+
     def close(self) -> None:
         """Release the reader (its lease on a generation)."""
         self.store.close()

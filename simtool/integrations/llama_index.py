@@ -244,6 +244,11 @@ class SimtoolVectorStore(_li_types.BasePydanticVectorStore):  # type: ignore[mis
             ids=[h.id for h, _ in hits],
         )
 
+    def refresh(self) -> None:
+        """See what other writers (other stores or processes on this directory) committed since; a store
+        sees its own writes without this."""
+        self._store.refresh()
+
     def close(self) -> None:
         """Release the reader (its lease on a generation)."""
         self._store.close()

@@ -106,7 +106,8 @@ class ExternalVectorIndex:
     def upsert(self, docs: Sequence[Document], vectors: Any) -> None:
         """Add ``docs`` with their vectors ``(len(docs), d)`` in one commit, replacing live docs of the same id
         (a repeated id within ``docs``: the last one wins). Creates the directory on the first call."""
-        from simtool.index import EncodedPart, create_index
+        from simtool.errors import IndexDirError
+        from simtool.index import EncodedPart, _is_index, create_index
 
         if not docs:
             return
@@ -120,13 +121,24 @@ class ExternalVectorIndex:
             if self._retriever is None:
                 metric = "l2" if self.distance == "l2" else "ip"
                 model = external_model(self.framework, self.embedding, vecs.shape[1], self.distance)
-                create_index(self.index_dir, model, metric=metric)
+                try:
+                    create_index(self.index_dir, model, metric=metric)
+                except IndexDirError:
+                    if not _is_index(self.index_dir):
+                        raise  # a real problem with the directory, not another writer that created it first
                 self._open()
             want = self.raw_dim
             if vecs.shape[1] != want:
                 raise SimtoolError(f"embedding has {vecs.shape[1]} dims, the index at {self.index_dir} holds {want}")
             self._writer().append([EncodedPart([docs[i] for i in keep], vecs[keep])], on_duplicate="replace")
             self._retriever.refresh()
+
+    def refresh(self) -> None:
+        """See what other writers (other stores, processes, ``simtool index add``) committed since."""
+        with self._write_lock:
+            self._open()
+            if self._retriever is not None:
+                self._retriever.refresh()
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete these ids (unknown ones are ignored) in one commit."""
