@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from simtool._version import __version__
-from simtool.atomic import fsync_dir, replace_dir, staging_dir_for
+from simtool.atomic import fsync_dir, fsync_tree, replace_dir, staging_dir_for
 from simtool.config import default_index_dir
 from simtool.corpus import Document, read_documents, scan_corpus
 from simtool.docstore import DocStore
@@ -88,6 +88,7 @@ __all__ = [
     "add_to_index",
     "build_index",
     "collect_garbage",
+    "create_index",
     "encode_parts",
     "index_info",
     "live_vectors",
@@ -808,6 +809,52 @@ def build_index(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def create_index(index_dir: str | Path, model: ModelInfo, *, metric: str = "ip", factory: str = "auto") -> Manifest:
+    """A new index with no documents, for vectors that an outside encoder (``model`` describes it) makes
+    and :meth:`Index.append` adds. The directory appears whole, by one rename; an existing index is an error."""
+    target = Path(index_dir)
+    if metric not in METRICS:
+        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if model.dim <= 0:
+        raise SimtoolError(f"model.dim must be positive, got {model.dim}")
+    if _is_index(target):
+        raise IndexDirError(f"{target}: already an index")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise IndexDirError(f"{target}: exists and is not an empty directory; pick a new index_dir")
+    chosen = choose_factory(0, model.dim, None) if factory == "auto" else factory
+    new_faiss_index(chosen, model.dim, metric)  # an unknown factory fails here
+    manifest = Manifest(
+        model=model,
+        dim=model.dim,
+        metric=metric,
+        factory=chosen,
+        factory_spec=factory,
+        count=0,
+        search_params=default_search_params(chosen),
+        generation=1,
+        created_at=_now(),
+        updated_at=_now(),
+        simtool_version=__version__,
+    )
+    staging = staging_dir_for(target)
+    try:
+        manifest.save(staging)
+        fsync_tree(staging)
+        # a plain rename, not replace_dir: it fails when another process published an index here meanwhile,
+        # where an exchange would silently throw that index away
+        os.rename(staging, target)
+        fsync_dir(target.parent)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _is_index(target):
+            raise IndexDirError(f"{target}: already an index (created meanwhile by another writer)") from None
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
 
 
 def _is_index(directory: Path) -> bool:

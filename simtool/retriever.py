@@ -326,6 +326,22 @@ class Retriever:
         """Hits (documents included) for the output of :meth:`search_vectors` on this snapshot."""
         return self._hits(self._snapshot, scores, hits)
 
+    def search_vectors_with_hits(
+        self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None
+    ) -> tuple[list[list[Hit]], list[np.ndarray]]:
+        """Hits for query vectors ``(nq, dim)`` and, per query, the indexed vectors of its hits
+        ``(n_hits, dim) float32`` (reducers applied), all from one snapshot whatever refresh() does meanwhile."""
+        if k <= 0:
+            raise SimtoolError(f"k must be positive, got {k}")
+        snap = self._snapshot
+        scores, hits = self._search(snap, vectors, k, filter)
+        stored = []
+        for row_hits in hits:
+            raw = [np.asarray(snap.segments[g].raw[r], dtype=np.float32) for g, r in row_hits]
+            block = np.stack(raw) if raw else np.zeros((0, snap.manifest.model.dim), np.float32)
+            stored.append(apply_chain(snap.reducers, block) if raw else np.zeros((0, snap.manifest.dim), np.float32))
+        return self._hits(snap, scores, hits), stored
+
     def _hits(self, snap: _Snapshot, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
         wanted: dict[int, set[int]] = {}
         for row_hits in hits:
@@ -350,6 +366,18 @@ class Retriever:
         for seg in self._snapshot.segments:
             found.update(seg.rows_of(list(ids)))
         return found
+
+    def ids_where(self, filter: Filter) -> list[str]:
+        """Every live id whose metadata matches ``filter`` (all live ids for None), exactly, in snapshot order."""
+        parsed = parse_filter(filter)
+        sql = compile_filter(parsed) if parsed else None
+        out: list[str] = []
+        for seg in self._snapshot.segments:
+            mask = seg.allowed(sql)
+            rows = np.arange(seg.info.count) if mask is None else np.flatnonzero(mask)
+            docs = seg.docs(rows.tolist())
+            out.extend(docs[int(r)].id for r in rows)
+        return out
 
     def get(self, ids: Sequence[str]) -> dict[str, Document]:
         """The live documents with the given ids."""
