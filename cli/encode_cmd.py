@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from simtool.cli.common import BatchSize, IdColumn, Json, Model, Pooling, TextColumn, TitleColumn, corpus_fields, emit
+from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
 
 
 def encode(
@@ -23,21 +24,37 @@ def encode(
     text_column: TextColumn = None,
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
+    long_text: LongText = "truncate",
+    chunk_tokens: ChunkTokens = None,
+    chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     json_out: Json = False,
 ) -> None:
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
-    from simtool.encoder import embedding_dim, encode_file, load_encoder
+    from simtool.chunking import encode_long_file
+    from simtool.encoder import embedding_dim, load_encoder
 
     fields = corpus_fields(text_column, id_column, title_column)
     n = fields.count(input)
     encoder = load_encoder(model, pooling, None, max_seq_length)
     started = time.perf_counter()
-    ids_path = encode_file(lambda: fields.read(input), n, output, encoder, batch_size=batch_size, progress=not json_out)
+    ids_path, rows = encode_long_file(
+        lambda: fields.read(input),
+        n,
+        output,
+        encoder,
+        mode=long_text,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        batch_size=batch_size,
+        progress=not json_out,
+    )
     seconds = time.perf_counter() - started
     result = {
         "output": str(output),
         "ids": str(ids_path),
         "n": n,
+        "rows": rows,
+        "long_text": long_text,
         "dim": embedding_dim(encoder),
         "model": encoder.simtool_source,
         "pooling": encoder.simtool_pooling,
@@ -48,6 +65,6 @@ def encode(
         emit(result)
     else:
         typer.echo(
-            f"wrote {n} x {result['dim']} float32 to {output} (ids: {ids_path}) "
+            f"wrote {rows} x {result['dim']} float32 ({n} texts, {long_text}) to {output} (ids: {ids_path}) "
             f"in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s"
         )

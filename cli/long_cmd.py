@@ -1,4 +1,4 @@
-"""Long texts: ``simtool extend-positions``."""
+"""Long texts: ``simtool extend-positions`` and the ``--long-text`` options other commands share."""
 
 from __future__ import annotations
 
@@ -8,6 +8,23 @@ from typing import Annotated
 import typer
 
 from simtool.cli.common import Json, Model, emit
+
+# Shared by `encode` (and, once wired, `index build` / `eval retrieval`); the values mirror
+# simtool.chunking.LONG_TEXT_MODES, which the library checks, so this module imports nothing heavy.
+LongText = Annotated[
+    str,
+    typer.Option(
+        "--long-text",
+        help="Texts past the model's limit: truncate, chunk-mean (mean of token windows) or chunk-max "
+        "(one vector per window; ids repeat per window).",
+    ),
+]
+ChunkTokens = Annotated[
+    int | None,
+    typer.Option("--chunk-tokens", help="Window size in word pieces \\[default: max-seq-length - 2]."),
+]
+ChunkOverlap = Annotated[int, typer.Option("--chunk-overlap", help="Word pieces shared by neighbouring windows.")]
+DEFAULT_CHUNK_OVERLAP = 32  # = simtool.chunking.DEFAULT_CHUNK_OVERLAP (checked by a test)
 
 
 def extend_positions(
