@@ -62,6 +62,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
+    "model-max": Method("truncate"),  # the model's own max_seq_length, e.g. an extended or adapted model
     "truncate-256": Method("truncate", 256),
     "truncate-512": Method("truncate", 512),
     "chunk-mean": Method("chunk-mean"),
@@ -206,7 +207,7 @@ def evaluate_long(
             "ndcg_at_10_by_start": by_bucket,
             "after_512": _after(per_query, buckets),
             "encode_seconds": round(seconds, 2),
-            "vectors": int(len(enc.vectors)),
+            "vectors": len(enc.vectors),
             "index_bytes": int(enc.vectors.nbytes),
             "max_seq_length": int(encoder.max_seq_length),
         }
