@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from simtool.cli.common import BatchSize, IdColumn, Json, Model, Pooling, TextColumn, TitleColumn, corpus_fields, emit
+from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, encode_on_ray
 from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
 
 
@@ -28,8 +29,33 @@ def encode(
     chunk_tokens: ChunkTokens = None,
     chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     json_out: Json = False,
+    ray: RayAddress = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
 ) -> None:
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
+    check_ray_flags(ray, workers, gpus_per_worker)
+    if ray is not None:
+        if long_text != "truncate":
+            from simtool.errors import SimtoolError
+
+            # Ray actors encode whole texts; chunk rows would need the chunk -> id bookkeeping on every worker
+            raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
+        columns = {"text": text_column, "id": id_column, "title": title_column}
+        encode_on_ray(
+            [input],
+            output,
+            address=ray,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            model=model,
+            pooling=pooling,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            fields=columns,
+            json_out=json_out,
+        )
+        return
     from simtool.chunking import encode_long_file
     from simtool.encoder import embedding_dim, load_encoder
 

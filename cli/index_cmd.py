@@ -1,4 +1,4 @@
-"""``simtool index build|add|info``: create, extend and describe an index directory."""
+"""``simtool index build|add|delete|compact|verify|upgrade|info``: write and inspect an index directory."""
 
 from __future__ import annotations
 
@@ -20,8 +20,13 @@ from simtool.cli.common import (
     corpus_fields,
     emit,
 )
+from simtool.errors import SimtoolError
 
-index_app = typer.Typer(help="Build, extend and inspect an index directory.", no_args_is_help=True)
+index_app = typer.Typer(help="Build, change and inspect an index directory.", no_args_is_help=True)
+
+LockTimeout = Annotated[
+    float, typer.Option("--lock-timeout", help="Seconds to wait for another writer before giving up.")
+]
 
 
 def _print_manifest(info: dict[str, Any]) -> None:
@@ -32,6 +37,7 @@ def _print_manifest(info: dict[str, Any]) -> None:
         f"model      {m['name_or_path']} (fingerprint {m['fingerprint']}, pooling {m['pooling']})",
         f"vectors    dim {info['dim']}, metric {info['metric']}",
         f"faiss      {info['factory']}  {' '.join(f'{k}={v}' for k, v in info['search_params'].items())}".rstrip(),
+        f"segments   {len(info['segments'])} ({info['deleted']} deleted rows), generation {info['generation']}",
         f"reducers   {', '.join(r.get('kind', '?') for r in info['reducers']) or 'none'}",
         f"updated    {info['updated_at']}",
     ]
@@ -66,6 +72,8 @@ def index_build(
     """Encode a corpus and build a new index directory (replaces an existing one atomically)."""
     from simtool.index import build_index, index_info
 
+    if metric not in ("ip", "l2"):
+        raise SimtoolError(f"--metric must be one of ip, l2, got {metric!r}")
     budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
     started = time.perf_counter()
     build_index(
@@ -97,38 +105,162 @@ def index_add(
     index_dir: IndexDir = None,
     model: Annotated[str | None, typer.Option("--model", help="Must be the index's model (checked).")] = None,
     on_duplicate: Annotated[
-        str, typer.Option("--on-duplicate", help="An id already indexed: 'error' (nothing written) or 'skip'.")
+        str,
+        typer.Option(
+            "--on-duplicate",
+            help="An id already indexed: 'error' (nothing written), 'skip', or 'replace' (upsert).",
+        ),
     ] = "error",
     gpu: Annotated[bool, typer.Option("--gpu/--no-gpu")] = True,
     batch_size: BatchSize = 64,
     text_column: TextColumn = None,
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
+    lock_timeout: LockTimeout = 30.0,
     json_out: Json = False,
 ) -> None:
-    """Add documents to an existing index, encoded with the index's own model."""
-    from simtool.index import add_to_index
+    """Add documents to an existing index as one new segment, encoded with the index's own model."""
+    from simtool.index import Index
 
-    manifest, added, skipped = add_to_index(
-        corpus,
-        index_dir,
-        model=model,
-        on_duplicate=on_duplicate,
-        gpu=gpu,
-        batch_size=batch_size,  # type: ignore[arg-type]
-        fields=corpus_fields(text_column, id_column, title_column),
-        progress=not json_out,
-    )
+    if on_duplicate not in ("error", "skip", "replace"):
+        raise SimtoolError(f"--on-duplicate must be error, skip or replace, got {on_duplicate!r}")
+    fields = corpus_fields(text_column, id_column, title_column)
+    fields.count(corpus)
+    index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout)
+    if model is not None:
+        from simtool.encoder import load_encoder
+        from simtool.index import check_same_model
+
+        check_same_model(index.manifest, load_encoder(model, None, None, index.manifest.model.max_seq_length))
+    try:
+        result = index.write(
+            fields.read(corpus),
+            on_duplicate=on_duplicate,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            progress=not json_out,
+            source=str(corpus),
+        )
+    except SimtoolError as e:
+        raise SimtoolError(
+            str(e).replace("pass on_duplicate='skip'", "pass --on-duplicate skip").replace("or 'replace'", "or replace")
+        ) from None
+    count = index.manifest.count
+    report = {
+        "added": result.added,
+        "replaced": result.deleted,
+        "skipped": result.skipped,
+        "count": count,
+        "generation": result.generation,
+        "merged_segments": result.merged,
+    }
     if json_out:
-        emit({"added": added, "skipped": skipped, "count": manifest.count})
+        emit(report)
     else:
-        typer.echo(f"added {added} documents, skipped {skipped} already indexed; the index holds {manifest.count}")
+        typer.echo(
+            f"added {result.added} documents ({result.deleted} replaced), skipped {result.skipped} already indexed; "
+            f"the index holds {count} at generation {result.generation}"
+        )
+
+
+def _read_ids(values: list[str], ids_file: Path | None) -> list[str]:
+    ids = list(values)
+    if ids_file is not None:
+        from simtool.corpus import iter_lines
+
+        ids.extend(line.strip() for _, line in iter_lines(ids_file) if line.strip())
+    if not ids:
+        raise SimtoolError("give ids to delete as arguments or with --ids FILE (one per line)")
+    return ids
+
+
+@index_app.command("delete")
+def index_delete(
+    ids: Annotated[list[str] | None, typer.Argument(help="Document ids to delete.")] = None,
+    ids_file: Annotated[Path | None, typer.Option("--ids", help="A file of ids to delete, one per line.")] = None,
+    index_dir: IndexDir = None,
+    lock_timeout: LockTimeout = 30.0,
+    json_out: Json = False,
+) -> None:
+    """Delete documents by id: tombstones in one new generation; search never returns them again."""
+    from simtool.index import Index
+
+    wanted = _read_ids(ids or [], ids_file)
+    index = Index(index_dir, lock_timeout=lock_timeout)
+    result = index.write((), delete=wanted)
+    report = {
+        "deleted": result.deleted,
+        "not_found": len(result.missing),
+        "count": index.manifest.count,
+        "generation": result.generation,
+    }
+    if json_out:
+        emit(report)
+    else:
+        typer.echo(
+            f"deleted {result.deleted} documents ({len(result.missing)} ids not found); "
+            f"the index holds {report['count']} at generation {result.generation}"
+        )
+
+
+@index_app.command("compact")
+def index_compact(
+    index_dir: IndexDir = None,
+    factory: Annotated[
+        str | None, typer.Option("--factory", help="Re-index with this factory \\[default: the index's].")
+    ] = None,
+    gpu: Annotated[bool, typer.Option("--gpu/--no-gpu")] = True,
+    lock_timeout: LockTimeout = 30.0,
+    json_out: Json = False,
+) -> None:
+    """Merge all segments into one, dropping deleted rows and retraining the ANN structure."""
+    from simtool.index import Index, index_info
+
+    started = time.perf_counter()
+    index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout)
+    before = len(index.manifest.segments)
+    generation = index.compact(factory=factory, progress=not json_out)
+    info = index_info(index_dir)
+    report = {
+        "segments_before": before,
+        "segments": len(info["segments"]),
+        "count": info["count"],
+        "generation": generation,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if json_out:
+        emit(report)
+    else:
+        typer.echo(
+            f"compacted {before} segments into {report['segments']}; {info['count']} documents "
+            f"at generation {generation} in {report['seconds']:.1f}s"
+        )
+
+
+@index_app.command("verify")
+def index_verify(index_dir: IndexDir = None, json_out: Json = False) -> None:
+    """Check the size and sha256 of every file of the newest generation; names the first bad file."""
+    from simtool.index import verify_index
+
+    report = verify_index(index_dir)
+    if json_out:
+        emit(report)
+    else:
+        typer.echo(f"{report['index_dir']}: generation {report['generation']}, {report['files']} files OK")
+
+
+@index_app.command("upgrade")
+def index_upgrade(index_dir: Annotated[Path, typer.Argument(help="A format-1 index directory.")]) -> None:
+    """Convert a format-1 index directory in place (atomically) to the segmented format."""
+    from simtool.index import upgrade_index
+
+    manifest = upgrade_index(index_dir)
+    typer.echo(f"{index_dir}: format 2, generation {manifest.generation}, {manifest.count} documents")
 
 
 @index_app.command("info")
 def index_info_cmd(
     index_dir: IndexDir = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file's sha256.")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file's sha256.")] = False,
     json_out: Json = False,
 ) -> None:
     """Describe an index: model, factory, counts, files."""

@@ -21,6 +21,13 @@ def search(
     nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists to visit \\[default: manifest's].")] = None,
     ef_search: Annotated[int | None, typer.Option("--ef-search", help="HNSW efSearch \\[default: manifest's].")] = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, faiss or torch (exact).")] = "auto",
+    filter_: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            help='Metadata filter as JSON, e.g. \'{"source": "docs", "year": {"$in": [2020, 2021]}}\'.',
+        ),
+    ] = None,
     batch_size: BatchSize = 64,
     json_out: Json = False,
 ) -> None:
@@ -35,13 +42,20 @@ def search(
     for name, value in (("--nprobe", nprobe), ("--ef-search", ef_search)):
         if value is not None and value <= 0:
             raise SimtoolError(f"{name} must be positive, got {value}")
+    if filter_ is not None:
+        from simtool.filters import parse_filter
+
+        try:
+            parse_filter(filter_)
+        except SimtoolError as e:
+            raise SimtoolError(f"--filter: {e}") from None
     batch = [(None, query)] if query is not None else read_queries(queries)  # type: ignore[arg-type]
     params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
     with Retriever.load(index_dir, backend=backend, search_params=params) as retriever:  # type: ignore[arg-type]
         results = []
         for start in range(0, len(batch), 1024):
             chunk = batch[start : start + 1024]
-            results.extend(retriever.search([text for _, text in chunk], k))
+            results.extend(retriever.search([text for _, text in chunk], k, filter=filter_))
     for (qid, text), hits in zip(batch, results, strict=True):
         if json_out:
             obj: dict[str, Any] = {"query": text, "results": [h.to_json() for h in hits]}

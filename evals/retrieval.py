@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from simtool.corpus import iter_lines, read_queries
 from simtool.errors import SimtoolError
 
@@ -160,19 +158,17 @@ def _flat_run(retriever: Any, qids: list[str], texts: list[str], k: int, batch_s
     import torch
 
     from simtool.encoder import encode_texts
-    from simtool.index import VECTORS_FILE
     from simtool.vector_index import TorchExactSearcher
 
-    vectors = np.load(retriever.index_dir / VECTORS_FILE, mmap_mode="r")
+    vectors, ids = retriever.live_vectors()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     searcher = TorchExactSearcher(vectors, retriever.manifest.metric, device)
     out: list[list[_RowHit]] = []
     for start in range(0, len(texts), QUERY_CHUNK):
         q = encode_texts(retriever.encoder, texts[start : start + QUERY_CHUNK], batch_size=batch_size)
         scores, rows = searcher.search(q, min(k, len(vectors)))
-        docs = retriever.store.get_rows(rows.ravel().tolist())
         for srow, rrow in zip(scores, rows, strict=True):
-            out.append([_RowHit(docs[r].id, float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0])
+            out.append([_RowHit(ids[r], float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0])
     return out
 
 
@@ -283,13 +279,13 @@ def _search_and_score(
     texts = [data.queries[q] for q in qids]
     k = top_k + 1 if ignore_identical_ids else top_k
     with Retriever.load(target, search_params=search_params, gpu=gpu) as retriever:
-        negate = retriever.manifest.metric == "l2"
+        negate = retriever.manifest.metric == "l2"  # the flat ideal's raw squared distances
         hits: list[list[Any]] = []
         for start in range(0, len(texts), QUERY_CHUNK):
             hits.extend(retriever.search(texts[start : start + QUERY_CHUNK], min(k, retriever.manifest.count)))
-        run = _hits_to_run(qids, hits, top_k, ignore_identical_ids, negate)
+        run = _hits_to_run(qids, hits, top_k, ignore_identical_ids, False)  # Hit.score: higher is better
         judged_docs = sorted({d for judged in data.qrels.values() for d in judged})
-        missing_docs = len(judged_docs) - len(retriever.store.existing_ids(judged_docs))
+        missing_docs = len(judged_docs) - len(retriever.existing_ids(judged_docs))
         scores: dict[str, Any] = _metrics(data.qrels, run, top_k, k_values)
         if compare_flat:
             flat_hits = _flat_run(retriever, qids, texts, k, batch_size)
@@ -302,7 +298,7 @@ def _search_and_score(
             "metric": manifest.metric,
             "search_params": {**manifest.search_params, **(search_params or {})},
             "reducers": manifest.reducers,
-            "backend": retriever.searcher.backend,
+            "backend": retriever.backend,
             "model": manifest.model.name_or_path,
             "fingerprint": manifest.model.fingerprint,
             "documents": manifest.count,

@@ -12,7 +12,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from simtool.corpus import Document
+from simtool.filters import SqlFilter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -28,11 +31,14 @@ CREATE TABLE IF NOT EXISTS docs (
 class DocStore:
     """Documents by row; open read-only for search, read-write inside a staging directory."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = True) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = True, shared: bool = False) -> None:
+        """``shared``: the connection may be used from several threads (the caller serialises calls)."""
         self.path = Path(path)
         if readonly:
-            # immutable=1: the file never changes under us (writers build a new directory).
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True)
+            # immutable=1: a segment's file never changes once written, so SQLite may skip locking.
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=not shared)
+            # Open the file now: a writer may unlink it later, and the open descriptor keeps it readable.
+            self._db.execute("SELECT 1 FROM docs LIMIT 1").fetchall()
         else:
             self._db = sqlite3.connect(self.path)
             # DELETE journal: the committed file is self-contained (no -wal beside it to checksum).
@@ -56,13 +62,27 @@ class DocStore:
             ),
         )
 
-    def existing_ids(self, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
+    def rows_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """``{id: row}`` for the given ids that are stored here."""
+        found: dict[str, int] = {}
         for i in range(0, len(ids), 900):  # SQLite's default bound-parameter limit is 999
             chunk = ids[i : i + 900]
-            q = f"SELECT id FROM docs WHERE id IN ({','.join('?' * len(chunk))})"
-            found.update(r[0] for r in self._db.execute(q, chunk))
+            q = f"SELECT id, row FROM docs WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update(self._db.execute(q, chunk).fetchall())
         return found
+
+    def filter_rows(self, filter: SqlFilter) -> np.ndarray:
+        """Rows whose metadata match a compiled filter, ``(m,) int64``."""
+        cur = self._db.execute(f"SELECT row FROM docs WHERE {filter.where}", filter.params)
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def iter_rows(self, start: int, stop: int) -> list[Document]:
+        """Documents of rows ``start..stop-1`` in row order."""
+        q = "SELECT id, title, text, metadata FROM docs WHERE row >= ? AND row < ? ORDER BY row"
+        return [
+            Document(id=i, text=t, title=ti, metadata=json.loads(m))
+            for i, ti, t, m in self._db.execute(q, (start, stop))
+        ]
 
     def get_rows(self, rows: Sequence[int]) -> dict[int, Document]:
         """Documents for the given rows (missing rows are absent from the result)."""

@@ -293,11 +293,9 @@ def load_vectors(path: str, *, model: Any = None, batch_size: int = 64) -> Itera
 
     p = Path(path)
     if p.is_dir():
-        from simtool.index import VECTORS_FILE
-        from simtool.manifest import Manifest
+        from simtool.index import live_vectors
 
-        manifest = Manifest.load(p)
-        return np.load(manifest.verify_file(p, VECTORS_FILE), mmap_mode="r")
+        return live_vectors(p)
     if not p.is_file():
         raise SimtoolError(f"cannot read {p}: no such file or directory")
     if p.suffix == ".npy":

@@ -1,59 +1,94 @@
-"""Index directories: build, add and inspect.
+"""Index directories: immutable segments plus an atomic commit point.
 
-An index directory holds::
+Layout (format 2)::
 
-    index.faiss    the FAISS index (CPU layout), row i = document row i
-    docs.sqlite    the document store (id, title, text, metadata JSON)
-    vectors.npy    the encoder's raw output, (n, d) float32: lets a later step (reducers,
-                   another factory) rebuild the index without re-encoding; costs n·d·4 bytes
-    manifest.json  how it was made and the sha256 of each file
+    manifest.json                       the commit point: the newest generation (see manifest.py)
+    commits/0000000007.json             a copy of each generation an open reader may still hold
+    segments/<name>/vectors.npy         the encoder's raw output, (n, d) float32
+    segments/<name>/index.faiss         FAISS index over the (reduced) vectors, row i = vector i
+    segments/<name>/docs.sqlite         id, title, text, metadata JSON of each row
+    segments/<name>/tombstones-<g>.npy  rows deleted as of generation g (a new file per change)
+    reducers/<kind>-<g>.safetensors     the reducer chain queries and documents go through
+    write.lock, readers/*.lease         flock locks: one writer; which generations readers hold
 
-Every change is made in a staging copy beside the target and swapped in whole, so a
-crash at any moment leaves the previous index intact.
+A write (add, delete, upsert, compact) takes the writer lock, writes only new files, and
+publishes a new generation by renaming a new ``manifest.json`` over the old one; a crash at
+any point leaves the previous generation, and files of an unfinished write are removed by
+the next writer (which then checks every file's sha256). Nothing already committed is ever
+rewritten, so an add costs O(batch) and readers read without locks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import datetime as _dt
+import logging
 import os
+import secrets
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from simtool._version import __version__
-from simtool.atomic import replace_dir, staging_dir_for
+from simtool.atomic import fsync_dir, replace_dir, staging_dir_for
 from simtool.config import default_index_dir
 from simtool.corpus import Document, read_documents, scan_corpus
 from simtool.docstore import DocStore
-from simtool.encoder import (
-    describe_pooling,
-    embedding_dim,
-    encode_stream,
-    load_encoder,
-    model_fingerprint,
-    progress_bar,
-)
 from simtool.errors import IndexDirError, SimtoolError
-from simtool.manifest import Manifest, ModelInfo
-from simtool.reduce.base import LinearReducer, apply_chain, load_reducer
-from simtool.vector_index import (
-    METRICS,
-    choose_factory,
-    default_search_params,
-    fill_index,
-    new_faiss_index,
+from simtool.locks import WriterLock, held_generations
+from simtool.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ModelInfo,
+    commit_path,
+    committed_generations,
+    sha256_file,
 )
+from simtool.reduce.base import LinearReducer, load_reducer
+from simtool.segments import (
+    DOCS_FILE,
+    INDEX_FILE,
+    SEGMENTS_DIR,
+    VECTORS_FILE,
+    SegmentInfo,
+    SegmentWriter,
+    load_tombstones,
+    segment_factory,
+    write_tombstones,
+)
+from simtool.vector_index import METRICS, choose_factory, default_search_params, new_faiss_index
 
-INDEX_FILE = "index.faiss"
-DOCS_FILE = "docs.sqlite"
-VECTORS_FILE = "vectors.npy"
+log = logging.getLogger(__name__)
 
-OnDuplicate = Literal["error", "skip"]
+REDUCERS_DIR = "reducers"
+OnDuplicate = Literal["error", "skip", "replace"]
+ON_DUPLICATE = ("error", "skip", "replace")
+MERGE_FACTOR = 10  # segments of one size tier merged together; see merge_plan
+
+__all__ = [
+    "DOCS_FILE",
+    "INDEX_FILE",
+    "VECTORS_FILE",
+    "CorpusFields",
+    "EncodedPart",
+    "Index",
+    "WriteResult",
+    "add_to_index",
+    "build_index",
+    "collect_garbage",
+    "encode_parts",
+    "index_info",
+    "live_vectors",
+    "merge_plan",
+    "reduce_index",
+    "upgrade_index",
+    "verify_index",
+]
 
 
 @dataclass(frozen=True)
@@ -71,82 +106,57 @@ class CorpusFields:
         return scan_corpus(path, text_field=self.text, id_field=self.id, title_field=self.title)
 
 
+@dataclass(frozen=True)
+class EncodedPart:
+    """Documents and their raw encoder vectors ``(len(docs), d) float32``: the unit a build stage produces.
+
+    Parts can be encoded anywhere (threads, processes, a Ray cluster) and committed together by
+    :meth:`Index.append`.
+    """
+
+    docs: list[Document]
+    vectors: np.ndarray
+
+
+@dataclass
+class WriteResult:
+    """What a write did; ``generation`` is the one it published (unchanged if nothing changed)."""
+
+    generation: int
+    added: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    missing: list[str] = field(default_factory=list)
+    merged: int = 0  # segments merged by the automatic policy
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_faiss(index: Any, path: Path) -> None:
-    import faiss
-
-    faiss.write_index(index, str(path))
+def _resolve(index_dir: str | Path | None) -> Path:
+    return Path(index_dir) if index_dir is not None else default_index_dir()
 
 
-def _finish(staging: Path, manifest: Manifest, index: Any, target: Path, extra_files: tuple[str, ...] = ()) -> None:
-    _write_faiss(index, staging / INDEX_FILE)
-    for name in (INDEX_FILE, DOCS_FILE, VECTORS_FILE, *extra_files):
-        manifest.record_file(staging, name)
-    manifest.save(staging)
-    replace_dir(staging, target)
+def encode_parts(
+    encoder: Any, docs: Iterable[Document], *, batch_size: int = 64, bar: Any = None
+) -> Iterator[EncodedPart]:
+    """Encode documents (``Document.encoded_text``) in chunks of a few thousand."""
+    from simtool.encoder import batched_documents, encode_texts
+
+    for chunk in batched_documents(docs):
+        vectors = encode_texts(encoder, [d.encoded_text for d in chunk], batch_size=batch_size)
+        if bar is not None:
+            bar.update(len(chunk))
+        yield EncodedPart(chunk, vectors)
 
 
-def build_index(
-    corpus: str | Path,
-    index_dir: str | Path | None = None,
-    *,
-    model: str | Path | SentenceTransformer | None = None,
-    pooling: str | None = None,
-    max_seq_length: int | None = None,
-    factory: str = "auto",
-    metric: str = "ip",
-    gpu: bool = True,
-    batch_size: int = 64,
-    memory_budget: int | None = None,
-    fields: CorpusFields = CorpusFields(),
-    progress: bool = True,
-) -> Manifest:
-    """Encode a corpus file and write a new index directory, replacing any previous one atomically.
-
-    The corpus is validated in full before anything is encoded or written.
-    """
-    target = Path(index_dir) if index_dir is not None else default_index_dir()
-    corpus = Path(corpus)
-    if metric not in METRICS:
-        raise SimtoolError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    n = fields.count(corpus)
-    encoder = model if isinstance(model, SentenceTransformer) else load_encoder(model, pooling, None, max_seq_length)
-    dim = embedding_dim(encoder)
-    spec, factory = factory, choose_factory(n, dim, memory_budget) if factory == "auto" else factory
-    index = new_faiss_index(factory, dim, metric)  # an unknown factory fails here, before encoding
-    manifest = Manifest(
-        model=_model_info(encoder),
-        dim=dim,
-        metric=metric,
-        factory=factory,
-        factory_spec=spec,
-        count=n,
-        search_params=default_search_params(factory),
-        created_at=_now(),
-        updated_at=_now(),
-        simtool_version=__version__,
-    )
-    staging = staging_dir_for(target)
-    try:
-        vectors = np.lib.format.open_memmap(staging / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(n, dim))
-        with DocStore(staging / DOCS_FILE, readonly=False) as store, progress_bar(n, "encode", progress) as bar:
-            encode_stream(encoder, fields.read(corpus), vectors, batch_size=batch_size, bar=bar, on_chunk=store.add)
-            store.commit()
-        with progress_bar(n, "index", progress) as bar:
-            index = fill_index(index, vectors, gpu=gpu, on_progress=bar.update)
-        vectors.flush()
-        del vectors
-        _finish(staging, manifest, index, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
+# --- model and reducers recorded in a manifest -------------------------------------------------------
 
 
-def _model_info(encoder: SentenceTransformer) -> ModelInfo:
+def _model_info(encoder: Any) -> ModelInfo:
+    from simtool.encoder import describe_pooling, embedding_dim, model_fingerprint
+
     source = getattr(encoder, "simtool_source", None)
     if source is None:
         raise SimtoolError("pass a model loaded with simtool.load_encoder so the index can record where it came from")
@@ -160,9 +170,9 @@ def _model_info(encoder: SentenceTransformer) -> ModelInfo:
     )
 
 
-def load_index_encoder(manifest: Manifest, device: str | None = None) -> SentenceTransformer:
+def load_index_encoder(manifest: Manifest, device: str | None = None) -> Any:
     """The encoder that built the index, checked against the recorded fingerprint."""
-    from simtool.encoder import POOLINGS
+    from simtool.encoder import POOLINGS, load_encoder
 
     info = manifest.model
     pooling = info.pooling if info.pooling in POOLINGS else None
@@ -171,7 +181,9 @@ def load_index_encoder(manifest: Manifest, device: str | None = None) -> Sentenc
     return encoder
 
 
-def check_same_model(manifest: Manifest, encoder: SentenceTransformer) -> None:
+def check_same_model(manifest: Manifest, encoder: Any) -> None:
+    from simtool.encoder import embedding_dim, model_fingerprint
+
     info = manifest.model
     dim = embedding_dim(encoder)
     if dim != info.dim:
@@ -184,23 +196,7 @@ def check_same_model(manifest: Manifest, encoder: SentenceTransformer) -> None:
         )
 
 
-def read_faiss(manifest: Manifest, directory: Path, *, verify: bool = True) -> Any:
-    import faiss
-
-    path = manifest.verify_file(directory, INDEX_FILE) if verify else directory / INDEX_FILE
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError:
-        raise IndexDirError(f"{path}: unreadable FAISS index; rebuild the index") from None
-    if index.d != manifest.dim or index.ntotal != manifest.count:
-        raise IndexDirError(
-            f"{path}: holds {index.ntotal} vectors of dim {index.d}, "
-            f"manifest says {manifest.count} of dim {manifest.dim}"
-        )
-    return index
-
-
-def load_reducers(manifest: Manifest, directory: Path, *, verify: bool = True) -> list[LinearReducer]:
+def load_reducers(manifest: Manifest, directory: Path, *, verify: bool = False) -> list[LinearReducer]:
     """The index's reducer chain, checked: fitted on this model's vectors, dims that chain up."""
     reducers = []
     dim = manifest.model.dim
@@ -221,22 +217,619 @@ def load_reducers(manifest: Manifest, directory: Path, *, verify: bool = True) -
     return reducers
 
 
-def _reduced(vectors: np.ndarray, reducers: list[LinearReducer], out: Path) -> np.ndarray:
-    """``vectors`` through the chain, written block by block to a scratch memmap at ``out``."""
-    if not reducers:
-        return vectors
-    reduced = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(vectors), reducers[-1].out_dim))
-    for start in range(0, len(vectors), 1 << 16):
-        reduced[start : start + (1 << 16)] = apply_chain(reducers, vectors[start : start + (1 << 16)])
-    return reduced
+# --- the writer ---------------------------------------------------------------------------------------
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Committed files are never modified in place, so a hard link is a safe, free copy."""
+class Index:
+    """The writing side of an index directory. Every method that changes it publishes one generation.
+
+    ``lock_timeout``: seconds to wait for another writer before failing with its pid.
+    ``auto_merge``: apply :func:`merge_plan` (with ``merge_factor``) after each write.
+    ``encoder``: an already loaded copy of the index's model, to skip loading it.
+    """
+
+    def __init__(
+        self,
+        index_dir: str | Path | None = None,
+        *,
+        lock_timeout: float = 30.0,
+        gpu: bool = True,
+        memory_budget: int | None = None,
+        auto_merge: bool = True,
+        merge_factor: int = MERGE_FACTOR,
+        encoder: Any = None,
+    ) -> None:
+        self.directory = _resolve(index_dir)
+        Manifest.load(self.directory)  # fail now on a missing or foreign directory
+        self.lock_timeout = lock_timeout
+        self.gpu = gpu
+        self.memory_budget = memory_budget
+        self.auto_merge = auto_merge
+        self.merge_factor = merge_factor
+        self._encoder = encoder
+
+    @property
+    def manifest(self) -> Manifest:
+        """The newest committed generation."""
+        return Manifest.load(self.directory)
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            self._encoder = load_index_encoder(self.manifest)
+        return self._encoder
+
+    # --- public writes ---------------------------------------------------------------------------
+    def add(self, docs: Iterable[Document], *, on_duplicate: OnDuplicate = "error", batch_size: int = 64) -> int:
+        """Encode and add documents; returns the new generation. An id already live is an error unless
+        ``on_duplicate`` is ``"skip"`` (keep the old one) or ``"replace"`` (upsert)."""
+        return self.write(docs, on_duplicate=on_duplicate, batch_size=batch_size).generation
+
+    def upsert(self, docs: Iterable[Document], *, batch_size: int = 64) -> int:
+        """Add documents, replacing any live document with the same id, in one commit."""
+        return self.write(docs, on_duplicate="replace", batch_size=batch_size).generation
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Tombstone the given ids (unknown ones are ignored); returns the new generation."""
+        return self.write((), delete=ids).generation
+
+    def write(
+        self,
+        docs: Iterable[Document] = (),
+        *,
+        delete: Iterable[str] = (),
+        on_duplicate: OnDuplicate = "error",
+        batch_size: int = 64,
+        progress: bool = False,
+        source: str = "documents",
+    ) -> WriteResult:
+        """Add ``docs`` and delete ``delete`` ids in one commit. ``source`` names the input in errors."""
+        from simtool.encoder import progress_bar
+
+        docs = list(docs)
+        _check_batch(docs, source)
+        if on_duplicate not in ON_DUPLICATE:
+            raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+        with self._transaction() as tx:
+            existing = tx.lookup([d.id for d in docs])
+            if existing and on_duplicate == "error":
+                first = next(d.id for d in docs if d.id in existing)
+                raise SimtoolError(
+                    f"{source}: {len(existing)} id(s) already in the index (first: {first!r}); "
+                    "pass on_duplicate='skip' to keep them or 'replace' to upsert"
+                )
+            skipped = 0
+            if on_duplicate == "skip":
+                skipped = len(existing)
+                docs = [d for d in docs if d.id not in existing]
+            delete = [str(i) for i in delete]
+            doomed = {**tx.lookup(delete), **(existing if on_duplicate == "replace" else {})}
+            missing = [i for i in delete if i not in doomed]
+            tx.tombstone(doomed)
+            if docs:
+                with progress_bar(len(docs), "encode", progress) as bar:
+                    tx.add_parts(encode_parts(self.encoder(), docs, batch_size=batch_size, bar=bar))
+            result = WriteResult(
+                tx.base.generation, added=len(docs), deleted=len(doomed), skipped=skipped, missing=missing
+            )
+        result.generation = tx.published
+        result.merged = self._maybe_merge()
+        return result
+
+    def append(self, parts: Iterable[EncodedPart], *, on_duplicate: OnDuplicate = "error") -> int:
+        """Commit parts encoded elsewhere (by this index's model) as one generation; returns it."""
+        with self._transaction() as tx:
+            staged = list(parts)
+            ids = [d.id for part in staged for d in part.docs]
+            _check_batch([d for part in staged for d in part.docs], "parts")
+            existing = tx.lookup(ids)
+            if existing and on_duplicate == "error":
+                raise SimtoolError(
+                    f"parts: {len(existing)} id(s) already in the index (first: {next(iter(existing))!r})"
+                )
+            if on_duplicate == "skip":
+                staged = [_without(p, existing) for p in staged]
+            elif on_duplicate == "replace":
+                tx.tombstone(existing)
+            tx.add_parts(iter(staged))
+        self._maybe_merge()
+        return tx.published
+
+    def compact(
+        self,
+        *,
+        factory: str | None = None,
+        reducers: Sequence[LinearReducer] | None = None,
+        progress: bool = False,
+    ) -> int:
+        """Merge every segment into one without its deleted rows, retraining and rebuilding the ANN
+        structure; ``factory`` / ``reducers`` replace the index's. Readers keep searching meanwhile."""
+        with self._transaction() as tx:
+            tx.merge(tx.base.segments, factory=factory, reducers=reducers, progress=progress, whole=True)
+        return tx.published
+
+    # --- machinery -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_Transaction]:
+        with WriterLock(self.directory, self.lock_timeout):
+            base = Manifest.load(self.directory)
+            collect_garbage(self.directory, base, recovering=True)
+            tx = _Transaction(self, base)
+            try:
+                yield tx
+            except BaseException:
+                tx.rollback()
+                raise
+            tx.commit()
+            collect_garbage(self.directory, tx.result if tx.changed else base)
+
+    def _maybe_merge(self) -> int:
+        if not self.auto_merge:
+            return 0
+        merged = 0
+        while True:
+            with self._transaction() as tx:
+                groups = merge_plan(tx.base.segments, self.merge_factor)
+                if not groups:
+                    return merged
+                tx.merge(groups[0])
+                merged += len(groups[0])
+
+
+def merge_plan(segments: Sequence[SegmentInfo], factor: int = MERGE_FACTOR) -> list[list[SegmentInfo]]:
+    """The automatic merge policy (tiered, as Lucene's): segments are grouped into size tiers by
+    ``floor(log10(live rows))``; a tier holding ``factor`` or more segments is merged into one, which
+    then belongs to a higher tier. So at most ``factor - 1`` segments live in each tier (about
+    ``(factor - 1) * log10(n)`` in all) and each document is rewritten once per tier it climbs,
+    ``log10(n)`` times over its life. A segment more than half deleted is rewritten on its own."""
+    tiers: dict[int, list[SegmentInfo]] = {}
+    groups = []
+    for seg in segments:
+        if seg.deleted * 2 > seg.count:
+            groups.append([seg])
+            continue
+        tiers.setdefault(int(np.log10(max(seg.live, 1))), []).append(seg)
+    groups += [group for _, group in sorted(tiers.items()) if len(group) >= factor]
+    return groups
+
+
+class _Transaction:
+    """One generation being written under the writer lock: new files only, then one commit."""
+
+    def __init__(self, index: Index, base: Manifest) -> None:
+        self.index = index
+        self.base = base
+        self.result = copy.deepcopy(base)
+        self.result.generation = base.generation + 1
+        self.directory = index.directory
+        self.new_dirs: list[Path] = []
+        self.new_files: list[Path] = []
+        self.changed = False
+        self.published = base.generation
+        self._reducers: list[LinearReducer] | None = None
+
+    def reducers(self) -> list[LinearReducer]:
+        if self._reducers is None:
+            self._reducers = load_reducers(self.result, self.directory)
+        return self._reducers
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """``{id: (segment, row)}`` of the given ids live in this transaction's state."""
+        found: dict[str, tuple[str, int]] = {}
+        if not ids:
+            return found
+        for seg in self.result.segments:
+            seg_dir = self.directory / SEGMENTS_DIR / seg.name
+            with DocStore(seg_dir / DOCS_FILE) as store:
+                rows = store.rows_of(ids)
+            if seg.tombstones and rows:
+                dead = set(load_tombstones(seg_dir / seg.tombstones, seg.count).tolist())
+                rows = {i: r for i, r in rows.items() if r not in dead}
+            found.update((i, (seg.name, r)) for i, r in rows.items())
+        return found
+
+    def tombstone(self, doomed: dict[str, tuple[str, int]]) -> None:
+        by_segment: dict[str, list[int]] = {}
+        for name, row in doomed.values():
+            by_segment.setdefault(name, []).append(row)
+        kept = []
+        for seg in self.result.segments:
+            rows = by_segment.get(seg.name)
+            if rows:
+                seg_dir = self.directory / SEGMENTS_DIR / seg.name
+                old = load_tombstones(seg_dir / seg.tombstones, seg.count) if seg.tombstones else np.zeros(0, np.int64)
+                dead = np.union1d(old, np.asarray(rows, dtype=np.int64))
+                if seg.tombstones:
+                    self.result.files.pop(f"{SEGMENTS_DIR}/{seg.name}/{seg.tombstones}", None)
+                seg.deleted = len(dead)
+                if seg.live == 0:
+                    for rel in seg.files():
+                        self.result.files.pop(rel, None)
+                    self.changed = True
+                    continue
+                seg.tombstones = f"tombstones-{self.result.generation:010d}.npy"
+                path = seg_dir / seg.tombstones
+                write_tombstones(path, dead)
+                self.new_files.append(path)
+                self._record(seg_dir / seg.tombstones)
+                self.changed = True
+            kept.append(seg)
+        self.result.segments = kept
+        self.result.count -= len(doomed)
+
+    def _new_segment(self) -> tuple[str, Path]:
+        name = f"{self.result.generation:010d}-{secrets.token_hex(3)}"
+        path = self.directory / SEGMENTS_DIR / name
+        self.new_dirs.append(path)
+        return name, path
+
+    def _record(self, path: Path) -> None:
+        rel = path.relative_to(self.directory).as_posix()
+        self.result.files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+    def add_parts(self, parts: Iterator[EncodedPart], *, small_ok: bool = True) -> None:
+        """Write the parts as one new segment."""
+        first = next(parts, None)
+        if first is None:
+            return
+        name, path = self._new_segment()
+        writer = SegmentWriter(path, self.result.model.dim)
+        try:
+            for part in (first, *parts):
+                if part.docs:
+                    writer.append(part.docs, part.vectors)
+        except BaseException:
+            writer.abort()
+            raise
+        if writer.count == 0:
+            writer.abort()
+            return
+        spec = self.result.factory_spec or self.result.factory
+        factory = segment_factory(spec, writer.count, self.result.dim, self.index.memory_budget, small_ok=small_ok)
+        info = writer.finish(
+            name=name, factory=factory, metric=self.result.metric, reducers=self.reducers(), gpu=self.index.gpu
+        )
+        self._add_segment(info)
+
+    def _add_segment(self, info: SegmentInfo) -> None:
+        for rel in info.files():
+            self._record(self.directory / rel)
+        self.result.segments.append(info)
+        self.result.count += info.live
+        self.changed = True
+
+    def merge(
+        self,
+        group: Sequence[SegmentInfo],
+        *,
+        factory: str | None = None,
+        reducers: Sequence[LinearReducer] | None = None,
+        progress: bool = False,
+        whole: bool = False,
+    ) -> None:
+        """Replace ``group`` by one segment of its live rows (``whole``: the index's every segment)."""
+        from simtool.encoder import progress_bar
+
+        names = {s.name for s in group}
+        if reducers is not None:
+            self._set_reducers(list(reducers))
+        if factory is not None:
+            k = self.result.dim
+            self.result.factory_spec = factory
+            self.result.factory = (
+                choose_factory(self.result.count, k, self.index.memory_budget) if factory == "auto" else factory
+            )
+            self.result.search_params = default_search_params(self.result.factory)
+        live = sum(s.live for s in group)
+        if live == 0:
+            return
+        name, path = self._new_segment()
+        writer = SegmentWriter(path, self.result.model.dim)
+        try:
+            with progress_bar(live, "compact", progress) as bar:
+                for seg in group:
+                    for docs, vectors in _live_rows(self.directory, seg):
+                        writer.append(docs, vectors)
+                        bar.update(len(docs))
+        except BaseException:
+            writer.abort()
+            raise
+        spec = self.result.factory_spec or self.result.factory
+        chosen = segment_factory(spec, writer.count, self.result.dim, self.index.memory_budget, small_ok=not whole)
+        info = writer.finish(
+            name=name, factory=chosen, metric=self.result.metric, reducers=self.reducers(), gpu=self.index.gpu
+        )
+        for seg in group:
+            for rel in seg.files():
+                self.result.files.pop(rel, None)
+        self.result.segments = [s for s in self.result.segments if s.name not in names]
+        self.result.count -= live
+        self._add_segment(info)
+
+    def _set_reducers(self, reducers: list[LinearReducer]) -> None:
+        for entry in self.result.reducers:
+            self.result.files.pop(entry["file"], None)
+        entries = []
+        (self.directory / REDUCERS_DIR).mkdir(exist_ok=True)
+        for i, reducer in enumerate(reducers):
+            rel = f"{REDUCERS_DIR}/{reducer.kind}-{self.result.generation:010d}-{i}.safetensors"
+            reducer.save(self.directory / rel)
+            self.new_files.append(self.directory / rel)
+            self._record(self.directory / rel)
+            entries.append({**reducer.config(), "file": rel})
+        self.result.reducers = entries
+        self.result.dim = reducers[-1].out_dim if reducers else self.result.model.dim
+        self._reducers = reducers
+
+    def commit(self) -> None:
+        if not self.changed:
+            self.rollback()
+            return
+        self.result.updated_at = _now()
+        self.result.simtool_version = __version__
+        for path in {*(p.parent for p in self.new_files), *(d.parent for d in self.new_dirs)}:
+            fsync_dir(path)
+        self.result.save(self.directory)
+        self.published = self.result.generation
+
+    def rollback(self) -> None:
+        for path in self.new_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.new_files:
+            path.unlink(missing_ok=True)
+
+
+def _without(part: EncodedPart, drop: dict[str, Any]) -> EncodedPart:
+    keep = [i for i, d in enumerate(part.docs) if d.id not in drop]
+    return EncodedPart([part.docs[i] for i in keep], part.vectors[keep])
+
+
+def _check_batch(docs: Sequence[Document], source: str) -> None:
+    seen: set[str] = set()
+    for i, d in enumerate(docs):
+        if not isinstance(d, Document):
+            raise SimtoolError(f"{source}: item {i} is a {type(d).__name__}, expected a simtool Document")
+        if d.id in seen:
+            raise SimtoolError(f"{source}: duplicate id {d.id!r}")
+        seen.add(d.id)
+
+
+def _live_rows(directory: Path, seg: SegmentInfo, block: int = 65_536) -> Iterator[tuple[list[Document], np.ndarray]]:
+    """A segment's live documents and raw vectors, in row order, in blocks."""
+    seg_dir = directory / SEGMENTS_DIR / seg.name
+    raw = np.load(seg_dir / VECTORS_FILE, mmap_mode="r")
+    live = np.ones(seg.count, dtype=bool)
+    if seg.tombstones:
+        live[load_tombstones(seg_dir / seg.tombstones, seg.count)] = False
+    with DocStore(seg_dir / DOCS_FILE) as store:
+        for start in range(0, seg.count, block):
+            stop = min(seg.count, start + block)
+            keep = np.flatnonzero(live[start:stop])
+            if len(keep) == 0:
+                continue
+            docs = store.iter_rows(start, stop)
+            yield [docs[i] for i in keep], np.asarray(raw[start + keep], dtype=np.float32)
+
+
+# --- garbage collection and recovery ------------------------------------------------------------------
+
+
+def collect_garbage(directory: Path, current: Manifest, *, recovering: bool = False) -> None:
+    """Delete what no generation still needs. Call under the writer lock.
+
+    Kept: the current generation and every generation an open reader's lease names (a lease not
+    yet naming one keeps every committed generation). Anything under ``segments/``, ``reducers/``
+    or ``commits/`` that no committed generation refers to is left by an interrupted write: it is
+    removed, and then (``recovering``) every file of the current generation is checked by sha256.
+    """
+    leases = held_generations(directory)
+    generations = committed_generations(directory)
+    keep = {current.generation} | set(leases.generations)
+    if leases.pending:
+        keep |= {g for g in generations if g <= current.generation}
+    needed: set[str] = set(current.files)
+    known: set[str] = set(current.files)
+    for g in generations:
+        if g == current.generation:
+            continue
+        if g > current.generation:  # written by a write that never published
+            commit_path(directory, g).unlink(missing_ok=True)
+            continue
+        try:
+            files = set(Manifest.load_commit(directory, g).files)
+        except (OSError, ValueError, KeyError, TypeError):
+            files = set()
+        known |= files
+        if g in keep:
+            needed |= files
+    orphans = False
+    for top in (SEGMENTS_DIR, REDUCERS_DIR):
+        root = directory / top
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*"), reverse=True):
+            rel = path.relative_to(directory).as_posix()
+            if path.is_dir():
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only when empty
+                continue
+            if rel in needed:
+                continue
+            if rel not in known:
+                orphans = True
+            path.unlink(missing_ok=True)
+    for g in generations:
+        if g < current.generation and g not in keep:
+            commit_path(directory, g).unlink(missing_ok=True)
+    if orphans and recovering:
+        log.warning("%s: removed the files of an interrupted write; checking every file", directory)
+        verify_manifest(directory, current)
+
+
+def verify_manifest(directory: Path, manifest: Manifest) -> list[str]:
+    """Check the size and sha256 of every file of a generation; raises naming the first bad one."""
+    for rel in sorted(manifest.files):
+        manifest.verify_file(directory, rel)
+    return sorted(manifest.files)
+
+
+def verify_index(index_dir: str | Path | None = None) -> dict[str, Any]:
+    """``simtool index verify``: every file of the newest generation, by sha256."""
+    directory = _resolve(index_dir)
+    manifest = Manifest.load(directory)
+    files = verify_manifest(directory, manifest)
+    for seg in manifest.segments:
+        from simtool.segments import SegmentReader
+
+        SegmentReader(directory, seg, manifest.files, manifest.metric, manifest.dim).close()
+    return {"index_dir": str(directory.resolve()), "generation": manifest.generation, "files": len(files), "ok": True}
+
+
+# --- whole-index operations ------------------------------------------------------------------------------
+
+
+def build_index(
+    corpus: str | Path | Iterable[Document],
+    index_dir: str | Path | None = None,
+    *,
+    model: Any = None,
+    pooling: str | None = None,
+    max_seq_length: int | None = None,
+    factory: str = "auto",
+    metric: str = "ip",
+    gpu: bool = True,
+    batch_size: int = 64,
+    memory_budget: int | None = None,
+    fields: CorpusFields = CorpusFields(),
+    progress: bool = True,
+) -> Manifest:
+    """Encode a corpus (a file, any iterable of Documents, or EncodedParts already encoded by ``model``)
+    into a new index.
+
+    A new directory appears whole, by one rename. An existing index gets a new generation
+    holding only the new segment, so its open readers keep their snapshot. A corpus file is
+    validated in full before anything is encoded or written.
+    """
+    from simtool.encoder import embedding_dim, load_encoder, progress_bar
+
+    target = _resolve(index_dir)
+    if metric not in METRICS:
+        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    parts: list[EncodedPart] | None = None
+    if isinstance(corpus, (str, Path)):
+        path = Path(corpus)
+        n: int | None = fields.count(path)
+        docs: Iterable[Document] = fields.read(path)
+    else:
+        items = list(corpus)
+        if items and all(isinstance(p, EncodedPart) for p in items):
+            parts = items  # type: ignore[assignment]
+            docs = [d for p in items for d in p.docs]  # type: ignore[attr-defined]
+        else:
+            docs = items  # type: ignore[assignment]
+        _check_batch(docs, "documents")  # type: ignore[arg-type]
+        n = len(docs)  # type: ignore[arg-type]
+        if n == 0:
+            raise SimtoolError("documents: nothing to index")
+    loaded = model is not None and not isinstance(model, (str, os.PathLike))
+    encoder = model if loaded else load_encoder(model, pooling, None, max_seq_length)
+    dim = embedding_dim(encoder)
+    chosen = choose_factory(n or 0, dim, memory_budget) if factory == "auto" else factory
+    new_faiss_index(chosen, dim, metric)  # an unknown factory fails here, before encoding
+    manifest = Manifest(
+        model=_model_info(encoder),
+        dim=dim,
+        metric=metric,
+        factory=chosen,
+        factory_spec=factory,
+        count=0,
+        search_params=default_search_params(chosen),
+        created_at=_now(),
+        updated_at=_now(),
+        simtool_version=__version__,
+    )
+
+    def write_into(directory: Path, base: Manifest) -> Manifest:
+        index = Index.__new__(Index)
+        index.directory, index.gpu, index.memory_budget = directory, gpu, memory_budget
+        index.lock_timeout, index.auto_merge, index._encoder = 30.0, False, encoder
+        index.merge_factor = MERGE_FACTOR
+        tx = _Transaction(index, base)
+        tx.result = copy.deepcopy(manifest)
+        tx.result.generation = base.generation + 1
+        tx.result.created_at = base.created_at or manifest.created_at
+        try:
+            with progress_bar(n or 0, "encode", progress) as bar:
+                stream = (
+                    iter(parts) if parts is not None else encode_parts(encoder, docs, batch_size=batch_size, bar=bar)
+                )
+                tx.add_parts(stream, small_ok=False)
+        except BaseException:
+            tx.rollback()
+            raise
+        tx.commit()
+        return tx.result
+
+    if _is_index(target):
+        with WriterLock(target):
+            base = Manifest.load(target)
+            collect_garbage(target, base, recovering=True)
+            result = write_into(target, base)
+            collect_garbage(target, result)
+        return result
+    staging = staging_dir_for(target)
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        empty = copy.deepcopy(manifest)
+        result = write_into(staging, empty)
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _is_index(directory: Path) -> bool:
+    """A format-2 index (format 1 and foreign directories are replaced whole by a build)."""
+    try:
+        Manifest.load(directory)
+    except IndexDirError:
+        return False
+    return True
+
+
+def add_to_index(
+    corpus: str | Path,
+    index_dir: str | Path | None = None,
+    *,
+    model: str | Path | None = None,
+    on_duplicate: OnDuplicate = "error",
+    gpu: bool = True,
+    batch_size: int = 64,
+    fields: CorpusFields = CorpusFields(),
+    progress: bool = True,
+    lock_timeout: float = 30.0,
+) -> tuple[Manifest, int, int]:
+    """Add a corpus file to an existing index; returns ``(manifest, added, skipped)``.
+
+    New documents are encoded with the index's own model; ``model``, if given, must be that same
+    model. ``on_duplicate``: ``"error"`` (nothing is written), ``"skip"`` or ``"replace"`` (upsert).
+    """
+    from simtool.encoder import load_encoder
+
+    if on_duplicate not in ON_DUPLICATE:
+        raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+    path = Path(corpus)
+    fields.count(path)
+    index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout)
+    if model is not None:
+        check_same_model(index.manifest, load_encoder(model, None, None, index.manifest.model.max_seq_length))
+    result = index.write(
+        fields.read(path), on_duplicate=on_duplicate, batch_size=batch_size, progress=progress, source=str(path)
+    )
+    return index.manifest, result.added, result.skipped
 
 
 def reduce_index(
@@ -251,10 +844,10 @@ def reduce_index(
     """Rebuild an index with its raw vectors passed through ``reducer`` (replacing earlier reducers).
 
     ``factory``: None reuses what the index was built with ("auto" is re-decided for the new dim).
-    Nothing is re-encoded: the raw vectors come from ``vectors.npy``.
+    Nothing is re-encoded: the raw vectors come from each segment's ``vectors.npy``.
     """
-    target = Path(index_dir) if index_dir is not None else default_index_dir()
-    manifest = Manifest.load(target)
+    index = Index(index_dir, gpu=gpu, memory_budget=memory_budget)
+    manifest = index.manifest
     if reducer.source_fingerprint != manifest.model.fingerprint:
         raise IndexDirError(
             f"the {reducer.kind} was fitted on vectors of model {reducer.source_fingerprint}, "
@@ -264,115 +857,83 @@ def reduce_index(
         raise IndexDirError(
             f"the {reducer.kind} expects {reducer.in_dim}-dim input, the index's model gives {manifest.model.dim}"
         )
-    raw = np.load(manifest.verify_file(target, VECTORS_FILE), mmap_mode="r")
-    spec = factory or manifest.factory_spec or manifest.factory
-    k = reducer.out_dim
-    chosen = choose_factory(manifest.count, k, memory_budget) if spec == "auto" else spec
-    index = new_faiss_index(chosen, k, manifest.metric)
-    staging = staging_dir_for(target)
-    try:
-        for name in (DOCS_FILE, VECTORS_FILE):
-            _link_or_copy(manifest.verify_file(target, name), staging / name)
-        reducer_file = "reducer-0.safetensors"
-        reducer.save(staging / reducer_file)
-        scratch = staging / "reduced.scratch.npy"
-        reduced = _reduced(raw, [reducer], scratch)
-        with progress_bar(manifest.count, "index", progress) as bar:
-            index = fill_index(index, reduced, gpu=gpu, on_progress=bar.update)
-        del reduced
-        scratch.unlink()
-        manifest.reducers = [{**reducer.config(), "file": reducer_file}]
-        manifest.dim, manifest.factory, manifest.factory_spec = k, chosen, spec
-        manifest.search_params = default_search_params(chosen)
-        manifest.files = {}
-        manifest.updated_at = _now()
-        _finish(staging, manifest, index, target, extra_files=(reducer_file,))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
+    index.compact(factory=factory or manifest.factory_spec or manifest.factory, reducers=[reducer], progress=progress)
+    return index.manifest
 
 
-def add_to_index(
-    corpus: str | Path,
-    index_dir: str | Path | None = None,
-    *,
-    model: str | Path | None = None,
-    on_duplicate: OnDuplicate = "error",
-    gpu: bool = True,
-    batch_size: int = 64,
-    fields: CorpusFields = CorpusFields(),
-    progress: bool = True,
-) -> tuple[Manifest, int, int]:
-    """Add a corpus to an existing index; returns ``(manifest, added, skipped)``.
-
-    Ids already in the index are an error (``on_duplicate="error"``, nothing is written)
-    or are left as they are (``"skip"``). New documents are encoded with the index's own
-    model; ``model``, if given, must be that same model.
-    """
-    target = Path(index_dir) if index_dir is not None else default_index_dir()
-    if on_duplicate not in ("error", "skip"):
-        raise SimtoolError(f"--on-duplicate must be 'error' or 'skip', got {on_duplicate!r}")
-    manifest = Manifest.load(target)
-    corpus = Path(corpus)
-    total = fields.count(corpus)
-    new_docs = _new_documents(fields, corpus, target, on_duplicate)
-    encoder = load_index_encoder(manifest)
-    if model is not None:
-        check_same_model(manifest, load_encoder(model, None, None, manifest.model.max_seq_length))
-    old_n, added = manifest.count, len(new_docs)
-    if added == 0:
-        return manifest, 0, total
-    index = read_faiss(manifest, target)
-    reducers = load_reducers(manifest, target)
-    old_vectors = np.load(manifest.verify_file(target, VECTORS_FILE), mmap_mode="r")
-    staging = staging_dir_for(target)
-    try:
-        shutil.copy2(manifest.verify_file(target, DOCS_FILE), staging / DOCS_FILE)  # SQLite writes in place
-        reducer_files = tuple(entry["file"] for entry in manifest.reducers)
-        for name in reducer_files:
-            _link_or_copy(target / name, staging / name)
-        vectors = np.lib.format.open_memmap(
-            staging / VECTORS_FILE, mode="w+", dtype=np.float32, shape=(old_n + added, manifest.model.dim)
-        )
-        vectors[:old_n] = old_vectors  # numpy copies memmap to memmap in bounded blocks
-        with DocStore(staging / DOCS_FILE, readonly=False) as store, progress_bar(added, "encode", progress) as bar:
-            encode_stream(encoder, new_docs, vectors, old_n, batch_size=batch_size, bar=bar, on_chunk=store.add)
-            store.commit()
-        index = fill_index(index, apply_chain(reducers, vectors[old_n:]), gpu=gpu)
-        vectors.flush()
-        del vectors
-        manifest.count = old_n + added
-        manifest.updated_at = _now()
-        _finish(staging, manifest, index, target, extra_files=reducer_files)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest, added, total - added
+def live_vectors(index_dir: str | Path | None = None) -> np.ndarray:
+    """The raw encoder vectors of every live document of the newest generation, ``(n, d) float32``
+    (memory-mapped when the index is one segment without deletions)."""
+    directory = _resolve(index_dir)
+    manifest = Manifest.load(directory)
+    segs = manifest.segments
+    if len(segs) == 1 and not segs[0].deleted:
+        return np.load(directory / SEGMENTS_DIR / segs[0].name / VECTORS_FILE, mmap_mode="r")
+    blocks = [v for seg in segs for _, v in _live_rows(directory, seg)]
+    return np.concatenate(blocks) if blocks else np.zeros((0, manifest.model.dim), np.float32)
 
 
-def _new_documents(fields: CorpusFields, corpus: Path, target: Path, on_duplicate: OnDuplicate) -> list[Document]:
-    docs = list(fields.read(corpus))
-    with DocStore(target / DOCS_FILE) as store:
-        existing = store.existing_ids([d.id for d in docs])
-    if existing and on_duplicate == "error":
-        first = next(d.id for d in docs if d.id in existing)
-        raise SimtoolError(
-            f"{corpus}: {len(existing)} id(s) already in the index (first: {first!r}); "
-            "pass --on-duplicate skip to add only new ids"
-        )
-    return [d for d in docs if d.id not in existing]
-
-
-def index_info(index_dir: str | Path | None = None, *, verify: bool = True) -> dict[str, Any]:
-    """The manifest as a dict, plus the directory, its size on disk and whether checksums verified."""
-    target = Path(index_dir) if index_dir is not None else default_index_dir()
-    manifest = Manifest.load(target)
+def index_info(index_dir: str | Path | None = None, *, verify: bool = False) -> dict[str, Any]:
+    """The manifest as a dict, plus the directory, its size on disk and whether checksums were verified."""
+    directory = _resolve(index_dir)
+    manifest = Manifest.load(directory)
     if verify:
-        for name in manifest.files:
-            manifest.verify_file(target, name)
+        verify_manifest(directory, manifest)
     info = manifest.to_dict()
-    info["index_dir"] = str(target.resolve())
+    info["index_dir"] = str(directory.resolve())
     info["bytes_on_disk"] = sum(f["bytes"] for f in manifest.files.values())
     info["verified"] = verify
+    info["deleted"] = sum(s.deleted for s in manifest.segments)
     return info
+
+
+# --- format 1 -------------------------------------------------------------------------------------------
+
+
+def upgrade_index(index_dir: str | Path | None = None) -> Manifest:
+    """Convert a format-1 directory (one FAISS file) in place: its files become the one segment of
+    generation 1 (hard links, no copy), published by one rename of ``manifest.json``."""
+    import json
+
+    directory = _resolve(index_dir)
+    path = directory / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise IndexDirError(f"{directory}: no readable {MANIFEST_NAME}; not a simtool index") from None
+    if data.get("format_version") == 2:
+        return Manifest.load(directory)
+    if data.get("format_version") != 1:
+        raise IndexDirError(f"{path}: format version {data.get('format_version')} cannot be upgraded")
+    old_files = data.get("files", {})
+    old_names = [INDEX_FILE, DOCS_FILE, VECTORS_FILE, *(e["file"] for e in data.get("reducers", []))]
+    with WriterLock(directory):
+        for name in old_names:
+            exp = old_files.get(name)
+            if exp is None or not (directory / name).is_file() or sha256_file(directory / name) != exp["sha256"]:
+                raise IndexDirError(f"{directory / name}: missing or corrupted; rebuild the index instead")
+        name = f"{1:010d}-{secrets.token_hex(3)}"
+        seg_dir = directory / SEGMENTS_DIR / name
+        shutil.rmtree(directory / SEGMENTS_DIR, ignore_errors=True)  # a previous upgrade that was cut short
+        seg_dir.mkdir(parents=True)
+        for f in (INDEX_FILE, DOCS_FILE, VECTORS_FILE):
+            os.link(directory / f, seg_dir / f)
+        reducers = []
+        (directory / REDUCERS_DIR).mkdir(exist_ok=True)
+        files: dict[str, dict[str, Any]] = {}
+        for entry in data.get("reducers", []):
+            rel = f"{REDUCERS_DIR}/{entry['file']}"
+            os.link(directory / entry["file"], directory / rel)
+            reducers.append({**entry, "file": rel})
+            files[rel] = old_files[entry["file"]]
+        seg = SegmentInfo(name=name, count=data["count"], factory=data["factory"], search_params=data["search_params"])
+        for f in (INDEX_FILE, DOCS_FILE, VECTORS_FILE):
+            files[f"{SEGMENTS_DIR}/{name}/{f}"] = old_files[f]
+        data.update(format_version=2, generation=1, segments=[seg.__dict__], files=files, reducers=reducers)
+        manifest = Manifest.from_dict(data)
+        fsync_dir(seg_dir)
+        manifest.save(directory)
+        for f in old_names:
+            (directory / f).unlink(missing_ok=True)
+        fsync_dir(directory)
+    return manifest

@@ -1,8 +1,10 @@
-"""The index manifest: a JSON file that makes an index directory self-describing.
+"""The index manifest: the commit point that makes an index directory self-describing.
 
 It records how to encode a query exactly as the documents were (model, fingerprint,
-pooling, reducers), what the FAISS index is (factory, metric, dim, search parameters),
-and a sha256 of every file so corruption is caught at load time.
+pooling, reducers), how new segments are indexed (factory, metric, dim, search parameters),
+the generation's segments and tombstones, and the size and sha256 of every file they use.
+``manifest.json`` is replaced by one atomic rename per commit; a copy of each generation a
+reader may still hold is kept under ``commits/``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 
 from simtool.atomic import atomic_write_json
 from simtool.errors import IndexDirError
+from simtool.segments import SegmentInfo
 
 FORMAT = "simtool-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+COMMITS_DIR = "commits"
 
 
 @dataclass
@@ -37,11 +41,13 @@ class Manifest:
     dim: int
     metric: str  # "ip" or "l2"
     factory: str
-    count: int
+    count: int  # live documents
     factory_spec: str = ""  # what was asked for ("auto" or a factory string), reused when the index is rebuilt
     search_params: dict[str, int] = field(default_factory=dict)
     reducers: list[dict[str, Any]] = field(default_factory=list)  # config + "file", applied in order
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"sha256", "bytes"}
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # relative path -> {"sha256", "bytes"}
+    generation: int = 0
+    segments: list[SegmentInfo] = field(default_factory=list)
     created_at: str = ""
     updated_at: str = ""
     simtool_version: str = ""
@@ -55,9 +61,13 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
         data["model"] = ModelInfo(**data["model"])
+        data["segments"] = [SegmentInfo(**seg) for seg in data.get("segments", [])]
         return cls(**data)
 
     def save(self, directory: Path) -> None:
+        """Publish this generation: its history copy first, then the commit point, each atomically."""
+        (directory / COMMITS_DIR).mkdir(exist_ok=True)
+        atomic_write_json(commit_path(directory, self.generation), self.to_dict())
         atomic_write_json(directory / MANIFEST_NAME, self.to_dict())
 
     @classmethod
@@ -73,6 +83,11 @@ class Manifest:
             raise IndexDirError(f"{path}: corrupt manifest ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise IndexDirError(f"{path}: not a simtool index manifest")
+        if data.get("format_version") == 1:
+            raise IndexDirError(
+                f"{directory}: an index of format 1 (one monolithic FAISS file); "
+                f"run `simtool index upgrade {directory}` to convert it in place"
+            )
         if data.get("format_version") != FORMAT_VERSION:
             raise IndexDirError(
                 f"{path}: index format version {data.get('format_version')} is not supported "
@@ -82,6 +97,11 @@ class Manifest:
             return cls.from_dict(data)
         except (TypeError, KeyError) as e:
             raise IndexDirError(f"{path}: malformed manifest ({e})") from None
+
+    @classmethod
+    def load_commit(cls, directory: Path, generation: int) -> Manifest:
+        data = json.loads(commit_path(directory, generation).read_text(encoding="utf-8"))
+        return cls.from_dict(data)
 
     def record_file(self, directory: Path, name: str) -> None:
         self.files[name] = {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
@@ -105,3 +125,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def commit_path(directory: Path, generation: int) -> Path:
+    return directory / COMMITS_DIR / f"{generation:010d}.json"
+
+
+def committed_generations(directory: Path) -> list[int]:
+    """Generations with a history copy under ``commits/``, ascending."""
+    out = []
+    for p in (directory / COMMITS_DIR).glob("*.json"):
+        try:
+            out.append(int(p.stem))
+        except ValueError:
+            continue
+    return sorted(out)

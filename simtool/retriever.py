@@ -1,32 +1,41 @@
-"""Search an index directory: load once, then each batch of queries is one encode and one search."""
+"""Search an index directory: a snapshot of one generation, shared safely across threads.
+
+Opening reads the manifest, checks each file's size and header, memory-maps the FAISS
+files and opens each segment's SQLite read-only: O(manifest), not O(bytes). Each batch of
+queries is one encode, one search per segment and one merge. :meth:`Retriever.refresh`
+moves to the newest generation, reopening only the segments that changed.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
-import torch
 
 from simtool.config import default_index_dir
-from simtool.docstore import DocStore
-from simtool.encoder import encode_texts
+from simtool.corpus import Document
 from simtool.errors import SimtoolError
-from simtool.index import DOCS_FILE, VECTORS_FILE, load_index_encoder, load_reducers, read_faiss
+from simtool.filters import compile_filter, parse_filter
+from simtool.index import load_index_encoder, load_reducers, verify_manifest
+from simtool.locks import PENDING, ReaderLease
 from simtool.manifest import Manifest
 from simtool.reduce.base import LinearReducer, apply_chain
-from simtool.vector_index import FaissSearcher, Searcher, TorchExactSearcher
+from simtool.segments import SegmentReader
 
 Backend = Literal["auto", "faiss", "torch"]
+Filter = dict[str, Any] | str | None
 
 
 @dataclass(frozen=True)
 class Hit:
     """One search result.
 
-    ``score`` is the inner product (metric ip) or the squared L2 distance (l2, lower is closer).
+    ``score``: higher is better for every metric (the inner product, or minus the squared L2
+    distance). ``distance``: what the metric itself measures (the inner product, or the squared L2).
     """
 
     rank: int
@@ -35,17 +44,18 @@ class Hit:
     title: str | None
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    distance: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "id": self.id, "score": self.score, "title": self.title, "text": self.text}
-
-
-def _faiss_has_gpu() -> bool:
-    try:
-        import faiss
-    except ImportError:
-        return False
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+        return {
+            "rank": self.rank,
+            "id": self.id,
+            "score": self.score,
+            "distance": self.distance,
+            "title": self.title,
+            "text": self.text,
+            "metadata": self.metadata,
+        }
 
 
 def _faiss_installed() -> bool:
@@ -56,39 +66,70 @@ def _faiss_installed() -> bool:
     return True
 
 
+def _faiss_has_gpu() -> bool:
+    try:
+        import faiss
+    except ImportError:
+        return False
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
 def choose_backend(manifest: Manifest, backend: Backend, device: str | None) -> tuple[str, str]:
     """``(backend, torch_device)``: faiss when it can serve; torch exact search on CUDA when faiss has no GPU."""
+    import torch
+
     if backend not in ("auto", "faiss", "torch"):
-        raise SimtoolError(f"--backend must be auto, faiss or torch, got {backend!r}")
+        raise SimtoolError(f"backend must be auto, faiss or torch, got {backend!r}")
     torch_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if backend != "auto":
         return backend, torch_device
     if not _faiss_installed():
         return "torch", torch_device
-    exact = manifest.factory.replace(" ", "") == "Flat"
+    exact = all(s.factory.replace(" ", "") == "Flat" for s in manifest.segments)
     if exact and torch_device.startswith("cuda") and not _faiss_has_gpu():
         return "torch", torch_device
     return "faiss", torch_device
 
 
+@dataclass
+class _Snapshot:
+    """Everything one generation's searches read; never changed once built."""
+
+    manifest: Manifest
+    segments: list[SegmentReader]
+    reducers: list[LinearReducer]
+    torch: Any = None  # TorchExactSearcher over every segment's rows, for the torch backend
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+
 class Retriever:
-    """Encodes queries as the index's documents were encoded and searches the index."""
+    """Encodes queries as the index's documents were encoded and searches one generation of the index."""
 
     def __init__(
         self,
         index_dir: Path,
-        manifest: Manifest,
         encoder: Any,
-        searcher: Searcher,
-        store: DocStore,
-        reducers: Sequence[LinearReducer] = (),
+        snapshot: _Snapshot,
+        *,
+        backend: str,
+        torch_device: str,
+        search_params: dict[str, int] | None,
+        lease: ReaderLease | None,
+        gpu: bool,
     ) -> None:
         self.index_dir = index_dir
-        self.manifest = manifest
         self.encoder = encoder
-        self.searcher = searcher
-        self.store = store
-        self.reducers = list(reducers)
+        self._snapshot = snapshot
+        self.backend = backend
+        self._torch_device = torch_device
+        self._search_params = dict(search_params or {})
+        self._lease = lease
+        self._gpu = gpu
+        self._refresh_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -98,45 +139,155 @@ class Retriever:
         device: str | None = None,
         backend: Backend = "auto",
         gpu: bool = True,
-        verify: bool = True,
+        verify: bool = False,
         search_params: dict[str, int] | None = None,
+        encoder: Any = None,
+        load_model: bool = True,
     ) -> Retriever:
-        """Open an index directory: manifest, checksums, encoder (fingerprint-checked), searcher, store.
+        """Open the newest generation of an index directory.
 
-        ``search_params`` (e.g. ``{"nprobe": 32, "efSearch": 128}``) override the manifest's.
+        ``verify``: also check every file's sha256 (O(bytes); a plain open checks sizes and headers).
+        ``search_params`` (e.g. ``{"nprobe": 32, "efSearch": 128}``) override each segment's.
+        ``encoder``: an already loaded copy of the index's model (fingerprint-checked) to share.
+        ``load_model=False``: no model at all, for callers that search with their own vectors only.
         """
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
-        manifest = Manifest.load(directory)
-        reducers = load_reducers(manifest, directory, verify=verify)
-        chosen, torch_device = choose_backend(manifest, backend, device)
-        if chosen == "faiss":
-            params = {**manifest.search_params, **(search_params or {})}
-            searcher: Searcher = FaissSearcher(read_faiss(manifest, directory, verify=verify), params, gpu=gpu)
-        else:
-            path = manifest.verify_file(directory, VECTORS_FILE) if verify else directory / VECTORS_FILE
-            vectors = apply_chain(reducers, np.load(path, mmap_mode="r"))
-            searcher = TorchExactSearcher(vectors, manifest.metric, torch_device)
-        docs = manifest.verify_file(directory, DOCS_FILE) if verify else directory / DOCS_FILE
-        encoder = load_index_encoder(manifest, device)
-        return cls(directory, manifest, encoder, searcher, DocStore(docs), reducers)
+        Manifest.load(directory)  # a clear error for a missing or old directory before any lease
+        lease = _lease(directory)
+        try:
+            manifest = Manifest.load(directory)
+            if verify:
+                verify_manifest(directory, manifest)
+            chosen, torch_device = choose_backend(manifest, backend, device)
+            snapshot = _open_snapshot(directory, manifest, {}, chosen, torch_device)
+            if not load_model:
+                encoder = None
+            elif encoder is None:
+                encoder = load_index_encoder(manifest, device)
+            else:
+                from simtool.index import check_same_model
 
+                check_same_model(manifest, encoder)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if lease is not None:
+            lease.hold(manifest.generation)
+        return cls(
+            directory,
+            encoder,
+            snapshot,
+            backend=chosen,
+            torch_device=torch_device,
+            search_params=search_params,
+            lease=lease,
+            gpu=gpu,
+        )
+
+    # --- snapshot --------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        return self._snapshot.manifest
+
+    @property
+    def generation(self) -> int:
+        return self._snapshot.generation
+
+    def refresh(self) -> int:
+        """Move to the newest committed generation; returns it. Searches running meanwhile finish on the old one."""
+        with self._refresh_lock:
+            if self._lease is not None:
+                self._lease.hold(PENDING)
+            try:
+                manifest = Manifest.load(self.index_dir)
+                if manifest.generation != self._snapshot.generation:
+                    changed = manifest.model.fingerprint != self._snapshot.manifest.model.fingerprint
+                    if changed and self.encoder is not None:
+                        self.encoder = load_index_encoder(manifest, self._torch_device)
+                    reuse = {s.info.name: s for s in self._snapshot.segments}
+                    self._snapshot = _open_snapshot(self.index_dir, manifest, reuse, self.backend, self._torch_device)
+            finally:
+                if self._lease is not None:
+                    self._lease.hold(self._snapshot.generation)
+            return self._snapshot.generation
+
+    # --- search ----------------------------------------------------------------------------------
     def encode(self, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """``(len(queries), dim)`` float32 query vectors, exactly as the documents were: encoder, then reducers."""
-        return apply_chain(self.reducers, encode_texts(self.encoder, list(queries), batch_size=batch_size))
+        from simtool.encoder import encode_texts
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Raw top-k: ``(scores, rows)``, each ``(nq, k)``; rows are -1 where fewer than k documents exist."""
+        self._need_model()
+        return apply_chain(self._snapshot.reducers, encode_texts(self.encoder, list(queries), batch_size=batch_size))
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None
+    ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+        """Top-k over the snapshot: ``scores`` ``(nq, k)`` (higher is better, -inf pads) and per query the
+        ``(segment, row)`` of each hit."""
         if k <= 0:
             raise SimtoolError(f"k must be positive, got {k}")
-        return self.searcher.search(vectors, k)
+        return self._search(self._snapshot, vectors, k, filter)
+
+    def _search(
+        self, snap: _Snapshot, vectors: np.ndarray, k: int, filter: Filter
+    ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+        parsed = parse_filter(filter)
+        sql = compile_filter(parsed) if parsed else None
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        allowed = [seg.allowed(sql) for seg in snap.segments]
+        if snap.torch is not None:
+            mask = None
+            if any(a is not None for a in allowed):
+                mask = np.concatenate(
+                    [
+                        np.ones(s.info.count, bool) if a is None else a
+                        for s, a in zip(snap.segments, allowed, strict=True)
+                    ]
+                )
+            d, rows = snap.torch.search(q, k, mask)
+            scores = -d if snap.manifest.metric == "l2" else d
+            scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+            seg_of = np.searchsorted(snap.offsets, rows, side="right") - 1
+            hits = [
+                [(int(si), int(r - snap.offsets[si])) for si, r in zip(srow, rrow, strict=True) if r >= 0]
+                for srow, rrow in zip(seg_of, rows, strict=True)
+            ]
+            return scores, hits
+        per_scores, per_rows, per_seg = [], [], []
+        for si, (seg, allow) in enumerate(zip(snap.segments, allowed, strict=True)):
+            params = {**seg.info.search_params, **self._search_params}
+            s, r = seg.search(q, k, allow, snap.reducers, params)
+            per_scores.append(s)
+            per_rows.append(r)
+            per_seg.append(np.full(r.shape, si, dtype=np.int64))
+        if not per_scores:
+            return np.full((len(q), k), -np.inf, np.float32), [[] for _ in range(len(q))]
+        s_all = np.concatenate(per_scores, axis=1)
+        r_all = np.concatenate(per_rows, axis=1)
+        g_all = np.concatenate(per_seg, axis=1)
+        top = np.argsort(-s_all, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(s_all, top, 1)
+        rows = np.take_along_axis(r_all, top, 1)
+        segs = np.take_along_axis(g_all, top, 1)
+        hits = [
+            [(int(g), int(r)) for g, r in zip(grow, rrow, strict=True) if r >= 0]
+            for grow, rrow in zip(segs, rows, strict=True)
+        ]
+        return _pad(scores, k), hits
 
     @overload
-    def search(self, queries: str, k: int = ...) -> list[Hit]: ...
+    def search(self, queries: str, k: int = ..., *, filter: Filter = ...) -> list[Hit]: ...
     @overload
-    def search(self, queries: Sequence[str], k: int = ...) -> list[list[Hit]]: ...
+    def search(self, queries: Sequence[str], k: int = ..., *, filter: Filter = ...) -> list[list[Hit]]: ...
 
-    def search(self, queries: str | Sequence[str], k: int = 10) -> list[Hit] | list[list[Hit]]:
-        """Top-k hits for one query (a list of hits) or for a batch (a list per query)."""
+    def search(
+        self, queries: str | Sequence[str], k: int = 10, *, filter: Filter = None
+    ) -> list[Hit] | list[list[Hit]]:
+        """Top-k hits for one query (a list of hits) or for a batch (a list per query).
+
+        ``filter``: a metadata filter (see :mod:`simtool.filters`), as a dict or JSON text.
+        """
         single = isinstance(queries, str)
         batch = [queries] if single else list(queries)
         if k <= 0:
@@ -144,22 +295,136 @@ class Retriever:
         for i, q in enumerate(batch):
             if not isinstance(q, str) or not q.strip():
                 raise SimtoolError(f"query {i + 1} is empty")
-        scores, rows = self.search_vectors(self.encode(batch), k)
-        docs = self.store.get_rows(rows.ravel().tolist())
-        results = [
-            [
-                Hit(rank=r + 1, id=d.id, score=float(s), title=d.title, text=d.text, metadata=d.metadata)
-                for r, (s, d) in enumerate((s, docs[row]) for s, row in zip(srow, rrow, strict=True) if row >= 0)
-            ]
-            for srow, rrow in zip(scores, rows, strict=True)
-        ]
+        from simtool.encoder import encode_texts
+
+        self._need_model()
+        snap = self._snapshot  # one generation for the whole batch, whatever refresh() does meanwhile
+        vectors = apply_chain(snap.reducers, encode_texts(self.encoder, batch))
+        scores, hits = self._search(snap, vectors, k, filter)
+        results = self._hits(snap, scores, hits)
         return results[0] if single else results
 
+    def _need_model(self) -> None:
+        if self.encoder is None:
+            raise SimtoolError("this Retriever was opened with load_model=False: search with vectors instead")
+
+    def hits_for(self, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
+        """Hits (documents included) for the output of :meth:`search_vectors` on this snapshot."""
+        return self._hits(self._snapshot, scores, hits)
+
+    def _hits(self, snap: _Snapshot, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
+        wanted: dict[int, set[int]] = {}
+        for row_hits in hits:
+            for g, r in row_hits:
+                wanted.setdefault(g, set()).add(r)
+        docs = {g: snap.segments[g].docs(sorted(rows)) for g, rows in wanted.items()}
+        l2 = snap.manifest.metric == "l2"
+        out = []
+        for srow, row_hits in zip(scores, hits, strict=True):
+            result = []
+            for rank, ((g, r), s) in enumerate(zip(row_hits, srow, strict=False)):
+                d: Document = docs[g][r]
+                score = float(s)
+                result.append(Hit(rank + 1, d.id, score, d.title, d.text, d.metadata, distance=-score if l2 else score))
+            out.append(result)
+        return out
+
+    # --- documents -------------------------------------------------------------------------------
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """The given ids that are live in this snapshot."""
+        found: set[str] = set()
+        for seg in self._snapshot.segments:
+            found.update(seg.rows_of(list(ids)))
+        return found
+
+    def get(self, ids: Sequence[str]) -> dict[str, Document]:
+        """The live documents with the given ids."""
+        out: dict[str, Document] = {}
+        for seg in self._snapshot.segments:
+            rows = seg.rows_of(list(ids))
+            if rows:
+                docs = seg.docs(list(rows.values()))
+                out.update((i, docs[r]) for i, r in rows.items())
+        return out
+
+    def live_vectors(self) -> tuple[np.ndarray, list[str]]:
+        """Raw encoder vectors ``(n, d) float32`` of every live document, and their ids, in snapshot order."""
+        blocks, ids = [], []
+        for seg in self._snapshot.segments:
+            rows = np.arange(seg.info.count) if seg.live_mask is None else np.flatnonzero(seg.live_mask)
+            blocks.append(np.asarray(seg.raw[rows], dtype=np.float32))
+            docs = seg.docs(rows.tolist())
+            ids.extend(docs[int(r)].id for r in rows)
+        dim = self.manifest.model.dim
+        return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), ids
+
     def close(self) -> None:
-        self.store.close()
+        for seg in self._snapshot.segments:
+            seg.close()
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def __enter__(self) -> Retriever:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _pad(scores: np.ndarray, k: int) -> np.ndarray:
+    if scores.shape[1] < k:
+        scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])), constant_values=-np.inf)
+    return scores.astype(np.float32)
+
+
+def _lease(directory: Path) -> ReaderLease | None:
+    try:
+        return ReaderLease(directory)
+    except OSError:  # a read-only directory: open descriptors still keep this snapshot readable
+        return None
+
+
+def _open_snapshot(
+    directory: Path, manifest: Manifest, reuse: dict[str, SegmentReader], backend: str, torch_device: str
+) -> _Snapshot:
+    reducers = load_reducers(manifest, directory)
+    segments = []
+    for info in manifest.segments:
+        old = reuse.get(info.name)
+        if old is not None and old.info == info:
+            segments.append(old)
+        else:
+            segments.append(SegmentReader(directory, info, manifest.files, manifest.metric, manifest.dim))
+    snap = _Snapshot(manifest, segments, reducers)
+    if backend == "torch":
+        from simtool.vector_index import TorchExactSearcher
+
+        counts = [s.info.count for s in segments]
+        snap.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        raw = (
+            np.concatenate([np.asarray(s.raw, np.float32) for s in segments])
+            if segments
+            else np.zeros((0, manifest.model.dim), np.float32)
+        )
+        vectors = apply_chain(reducers, raw)
+        live = (
+            np.concatenate([np.ones(s.info.count, bool) if s.live_mask is None else s.live_mask for s in segments])
+            if segments
+            else None
+        )
+        snap.torch = _MaskedTorch(TorchExactSearcher(vectors, manifest.metric, torch_device), live)
+    return snap
+
+
+class _MaskedTorch:
+    """Torch exact search over all rows, never returning deleted ones."""
+
+    def __init__(self, searcher: Any, live: np.ndarray | None) -> None:
+        self.searcher = searcher
+        self.live = None if live is None or live.all() else live
+
+    def search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if mask is None:
+            mask = self.live
+        return self.searcher.search(q, k, mask)

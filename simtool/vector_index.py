@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from simtool.errors import SimtoolError
 
@@ -183,6 +182,8 @@ class TorchExactSearcher:
     """
 
     def __init__(self, vectors: np.ndarray, metric: str, device: str, block_rows: int = 1 << 18) -> None:
+        import torch
+
         if metric not in METRICS:
             raise SimtoolError(f"metric must be one of {METRICS}, got {metric!r}")
         self.metric = metric
@@ -192,9 +193,18 @@ class TorchExactSearcher:
         self._block = block_rows
         self.backend = f"torch-{self.device.type}"
 
-    @torch.inference_mode()
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``allowed``: ``(n,)`` bool of rows that may be returned (None: all)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._search(torch, queries, k, allowed)
+
+    def _search(
+        self, torch: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+        mask = None if allowed is None else torch.from_numpy(np.asarray(allowed, dtype=bool)).to(self.device)
         n = self._x.shape[0]
         best_s = torch.full((q.shape[0], 0), 0.0, device=self.device)
         best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=self.device)
@@ -204,11 +214,14 @@ class TorchExactSearcher:
             if self._sq_norms is not None:
                 # negated squared distance, so that larger is better for every metric
                 s = 2 * s - self._sq_norms[start : start + self._block] - (q * q).sum(dim=1, keepdim=True)
+            if mask is not None:
+                s = s.masked_fill(~mask[start : start + self._block], float("-inf"))
             s, i = torch.topk(s, min(k, s.shape[1]), dim=1)
             best_s, order = torch.topk(torch.cat([best_s, s], dim=1), min(k, best_s.shape[1] + s.shape[1]), dim=1)
             best_i = torch.gather(torch.cat([best_i, i + start], dim=1), 1, order)
         scores = best_s.cpu().numpy()
         rows = best_i.cpu().numpy()
+        rows[np.isneginf(scores)] = -1
         if self.metric == "l2":
             scores = -scores
         if rows.shape[1] < k:  # fewer vectors than k: pad like FAISS

@@ -220,3 +220,25 @@ def count_encode_calls(monkeypatch: pytest.MonkeyPatch, encoder: Any) -> list[in
 
     monkeypatch.setattr(encoder, "encode", counted)
     return calls
+
+
+def committed_state(directory: Path) -> dict[str, bytes]:
+    """``manifest.json`` and every file it lists: all a reader of the newest generation can see."""
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    names = ["manifest.json", *manifest.get("files", {})]
+    return {name: (directory / name).read_bytes() for name in names}
+
+
+def segment_file(directory: Path, name: str, segment: int = 0) -> Path:
+    """The path of ``name`` (``vectors.npy``, ``index.faiss``, ``docs.sqlite``) in one segment of an index."""
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    return directory / "segments" / manifest["segments"][segment]["name"] / name
+
+
+def search_rows(result: tuple[Any, list[list[tuple[int, int]]]]) -> tuple[Any, Any]:
+    """``Retriever.search_vectors`` output as ``(scores, rows)`` for a one-segment index."""
+    import numpy as np
+
+    scores, hits = result
+    assert all(seg == 0 for h in hits for seg, _ in h)
+    return scores, np.array([[row for _, row in h] for h in hits])

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from simtool.manifest import Manifest
+from tests.conftest import committed_state, segment_file, write_jsonl
 from tests.conftest import run_cli as run
-from tests.conftest import write_jsonl
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def index_dir(tmp_path: Path, small_corpus: Path, tiny_st: Path, capsys: pytest.
 def test_build_info_search_json(index_dir: Path, capsys: pytest.CaptureFixture[str], small_corpus: Path) -> None:
     code, out, _ = run(capsys, "index", "info", "--index-dir", str(index_dir), "--json")
     info = json.loads(out)
-    assert code == 0 and info["count"] == 40 and info["verified"] is True and info["factory"] == "Flat"
+    assert code == 0 and info["count"] == 40 and info["verified"] is False and info["factory"] == "Flat"
     first = json.loads(small_corpus.read_text().splitlines()[0])
     code, out, err = run(
         capsys, "search", f"{first['title']} {first['text']}", "--index-dir", str(index_dir), "-k", "3", "--json"
@@ -40,7 +40,7 @@ def test_build_info_search_json(index_dir: Path, capsys: pytest.CaptureFixture[s
     obj = json.loads(line)
     assert set(obj) == {"query", "results"} and len(obj["results"]) == 3
     top = obj["results"][0]
-    assert set(top) == {"rank", "id", "score", "title", "text"}
+    assert set(top) == {"rank", "id", "score", "distance", "title", "text", "metadata"}
     assert (top["rank"], top["id"], top["title"], top["text"]) == (1, first["_id"], first["title"], first["text"])
     assert isinstance(top["score"], float)
 
@@ -78,7 +78,13 @@ def test_default_index_dir_comes_from_simtool_home(
 def test_add_then_search(index_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     more = write_jsonl(tmp_path / "more.jsonl", [{"_id": "n1", "text": "a horse can swim"}])
     code, out, _ = run(capsys, "index", "add", str(more), "--index-dir", str(index_dir), "--json")
-    assert code == 0 and json.loads(out) == {"added": 1, "skipped": 0, "count": 41}
+    report = json.loads(out)
+    assert code == 0 and {k: report[k] for k in ("added", "skipped", "count", "replaced")} == {
+        "added": 1,
+        "skipped": 0,
+        "count": 41,
+        "replaced": 0,
+    }
     code, out, _ = run(capsys, "search", "a horse can swim", "--index-dir", str(index_dir), "-k", "1", "--json")
     assert json.loads(out)["results"][0]["id"] == "n1"
 
@@ -134,13 +140,13 @@ def test_bad_corpus_is_one_line_exit_2_and_writes_nothing(
     content, pattern = BAD_CORPORA[name]
     corpus = tmp_path / name
     corpus.write_bytes(content)
-    before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+    before = committed_state(index_dir)
     if command == "encode":
         args = ["encode", str(corpus), "--output", str(tmp_path / "e.npy"), "--model", str(tiny_st)]
     else:
         args = ["index", command, str(corpus), "--index-dir", str(index_dir), "--model", str(tiny_st)]
     _one_line_error(*run(capsys, *args), pattern)
-    assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == before
+    assert committed_state(index_dir) == before
     assert not (tmp_path / "e.npy").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -203,10 +209,15 @@ def test_bad_search_and_index_arguments(
 def test_corrupted_and_foreign_indexes(index_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corrupt = tmp_path / "corrupt"
     shutil.copytree(index_dir, corrupt)
-    with open(corrupt / "index.faiss", "r+b") as f:
+    faiss_file = segment_file(corrupt, "index.faiss")
+    with open(faiss_file, "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02\x03")
-    _one_line_error(*run(capsys, "search", "cat", "--index-dir", str(corrupt)), r"index\.faiss: checksum mismatch")
+    # a flipped byte is found by `index verify`, which hashes every file and names the bad one
+    _one_line_error(*run(capsys, "index", "verify", "--index-dir", str(corrupt)), r"index\.faiss: checksum mismatch")
+    # a truncated file is caught by the cheap checks of a plain open
+    os.truncate(faiss_file, faiss_file.stat().st_size // 2)
+    _one_line_error(*run(capsys, "search", "cat", "--index-dir", str(corrupt)), r"index\.faiss: \d+ bytes, .*truncated")
     from tests.conftest import make_tiny_bert
 
     foreign = tmp_path / "foreign"

@@ -55,7 +55,7 @@ def test_a_documents_own_text_ranks_it_first(sample_index: Path, tmp_path: Path)
 
 def test_a_paraphrased_question_finds_the_right_topic(sample_index: Path) -> None:
     (res,) = _search(sample_index, "how do I handle an exception", "-k", "5")
-    assert [set(r) for r in res["results"]] == [{"rank", "id", "score", "title", "text"}] * 5
+    assert [set(r) for r in res["results"]] == [{"rank", "id", "score", "distance", "title", "text", "metadata"}] * 5
     assert any(r["id"].startswith(("try-", "exceptions-")) for r in res["results"][:3])
     assert [r["rank"] for r in res["results"]] == [1, 2, 3, 4, 5]
     assert res["results"][0]["score"] >= res["results"][-1]["score"]

@@ -228,11 +228,11 @@ def test_cli_encodes_corpus_files_with_the_model(
 def test_index_directory_uses_its_stored_vectors(
     tmp_path: Path, tiny_st: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from simtool.index import build_index
+    from simtool.index import build_index, live_vectors
 
     index = tmp_path / "index"
     build_index(small_corpus, index, model=str(tiny_st), progress=False)
-    stored = np.load(index / "vectors.npy")
+    stored = np.asarray(live_vectors(index))
     other = tmp_path / "other.npy"
     np.save(other, stored[::-1] * 2)
     code, out, err = run_cli(capsys, "drift", str(index), str(other), "--vectors", "--json")

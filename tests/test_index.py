@@ -13,10 +13,10 @@ import torch
 from simtool.corpus import read_documents
 from simtool.encoder import encode_texts, load_encoder
 from simtool.errors import CorpusError, IndexDirError, SimtoolError
-from simtool.index import DOCS_FILE, INDEX_FILE, VECTORS_FILE, add_to_index, build_index, index_info
+from simtool.index import DOCS_FILE, INDEX_FILE, VECTORS_FILE, add_to_index, build_index, index_info, verify_index
 from simtool.manifest import MANIFEST_NAME, Manifest
 from simtool.retriever import Retriever
-from tests.conftest import write_jsonl
+from tests.conftest import committed_state, search_rows, segment_file, write_jsonl
 
 
 @pytest.fixture
@@ -27,16 +27,19 @@ def built(tmp_path: Path, small_corpus: Path, tiny_st: Path) -> Path:
 
 
 def test_build_writes_a_self_describing_directory(built: Path, small_corpus: Path, tiny_st: Path) -> None:
-    assert sorted(p.name for p in built.iterdir()) == sorted([INDEX_FILE, DOCS_FILE, VECTORS_FILE, MANIFEST_NAME])
+    assert sorted(p.name for p in built.iterdir()) == sorted(["commits", "segments", MANIFEST_NAME])
     m = Manifest.load(built)
-    assert (m.count, m.dim, m.metric, m.factory) == (40, 32, "ip", "Flat")
+    assert (m.count, m.dim, m.metric, m.factory, m.generation) == (40, 32, "ip", "Flat", 1)
     assert m.model.name_or_path == str(tiny_st.resolve()) and m.model.pooling == "mean"
-    for name in (INDEX_FILE, DOCS_FILE, VECTORS_FILE):
+    (seg,) = m.segments
+    assert (seg.count, seg.deleted, seg.factory) == (40, 0, "Flat")
+    assert sorted(m.files) == sorted(f"segments/{seg.name}/{n}" for n in (INDEX_FILE, DOCS_FILE, VECTORS_FILE))
+    for name in m.files:
         m.verify_file(built, name)
     # vectors.npy holds exactly the encoder's output for title + " " + text
     docs = list(read_documents(small_corpus))
     expected = encode_texts(load_encoder(tiny_st, device="cpu"), [d.encoded_text for d in docs])
-    np.testing.assert_allclose(np.load(built / VECTORS_FILE), expected, atol=1e-6)
+    np.testing.assert_allclose(np.load(segment_file(built, VECTORS_FILE)), expected, atol=1e-6)
     assert not list(built.parent.glob(".idx.staging-*"))  # nothing left beside it
 
 
@@ -61,11 +64,11 @@ def test_search_finds_each_document_by_its_own_text(built: Path, small_corpus: P
 
 
 def test_retriever_agrees_with_numpy_brute_force(built: Path) -> None:
-    vectors = np.load(built / VECTORS_FILE).astype(np.float64)
+    vectors = np.load(segment_file(built, VECTORS_FILE)).astype(np.float64)
     with Retriever.load(built) as r:
         q = r.encode(["the red cat", "python exception"])
-        scores, rows = r.search_vectors(q, 5)
-        _, t_rows = Retriever.load(built, backend="torch", device="cpu").search_vectors(q, 5)
+        scores, rows = search_rows(r.search_vectors(q, 5))
+        _, t_rows = search_rows(Retriever.load(built, backend="torch", device="cpu").search_vectors(q, 5))
     ref = q.astype(np.float64) @ vectors.T
     np.testing.assert_array_equal(rows, np.argsort(-ref, axis=1)[:, :5])
     np.testing.assert_allclose(scores, np.sort(ref, axis=1)[:, ::-1][:, :5], atol=1e-5)
@@ -89,18 +92,19 @@ def test_l2_metric_and_explicit_factory(tmp_path: Path, small_corpus: Path, tiny
     assert (m.metric, m.factory, m.search_params) == ("l2", "HNSW8,Flat", {"efSearch": 64})
     with Retriever.load(out) as r:
         hits = r.search("the big red bus", k=40)
-    assert [h.score for h in hits] == sorted(h.score for h in hits)  # squared distances ascend
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)  # squared distances ascend
+    assert all(h.score == -h.distance for h in hits)  # and the score is higher-is-better
 
 
 def test_add_appends_and_rejects_or_skips_duplicates(built: Path, tmp_path: Path) -> None:
-    before = {p.name: p.read_bytes() for p in built.iterdir()}
+    before = committed_state(built)
     more = write_jsonl(
         tmp_path / "more.jsonl",
         [{"_id": "new1", "text": "a fish swims at night"}, {"_id": "d3", "text": "duplicate of an indexed id"}],
     )
-    with pytest.raises(SimtoolError, match=r"1 id\(s\) already in the index \(first: 'd3'\).*--on-duplicate skip"):
+    with pytest.raises(SimtoolError, match=r"1 id\(s\) already in the index \(first: 'd3'\).*on_duplicate='skip'"):
         add_to_index(more, built, progress=False)
-    assert {p.name: p.read_bytes() for p in built.iterdir()} == before  # nothing written
+    assert committed_state(built) == before  # nothing written
     manifest, added, skipped = add_to_index(more, built, on_duplicate="skip", progress=False)
     assert (manifest.count, added, skipped) == (41, 1, 1)
     with Retriever.load(built) as r:
@@ -132,11 +136,14 @@ def test_corrupted_file_is_caught_by_checksum(built: Path) -> None:
     for name in (INDEX_FILE, DOCS_FILE, VECTORS_FILE):
         broken = built.parent / f"broken-{name}"
         shutil.copytree(built, broken)
-        data = bytearray((broken / name).read_bytes())
+        path = segment_file(broken, name)
+        data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
-        (broken / name).write_bytes(bytes(data))
+        path.write_bytes(bytes(data))
         with pytest.raises(IndexDirError, match=rf"{name}: checksum mismatch"):
-            index_info(broken)
+            verify_index(broken)
+        with pytest.raises(IndexDirError, match=rf"{name}: checksum mismatch"):
+            index_info(broken, verify=True)
     Retriever.load(built).close()  # the original is untouched
 
 

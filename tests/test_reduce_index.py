@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from simtool.errors import IndexDirError, SimtoolError
-from simtool.index import VECTORS_FILE, add_to_index, build_index, index_info, reduce_index
+from simtool.index import add_to_index, build_index, index_info, live_vectors, reduce_index
 from simtool.manifest import Manifest
 from simtool.reduce import Whitening, load_reducer
 from simtool.reduce.workflows import project_index, projection_dim, whiten_index
 from simtool.retriever import Retriever
-from tests.conftest import WORDS, run_cli, write_jsonl
+from tests.conftest import WORDS, committed_state, run_cli, search_rows, write_jsonl
 
 
 @pytest.fixture
@@ -28,24 +28,24 @@ def index_dir(tmp_path: Path, tiny_st: Path) -> Path:
 
 
 def test_whiten_index_rebuilds_at_k_dims_and_reduces_queries(index_dir: Path) -> None:
-    raw = np.load(index_dir / VECTORS_FILE)
+    raw = np.asarray(live_vectors(index_dir))
     whitening, manifest = whiten_index(index_dir, dim=16, power=0.5, progress=False)
     assert (manifest.dim, manifest.model.dim, manifest.count) == (16, 32, 300)
     assert [r["kind"] for r in manifest.reducers] == ["whitening"] and manifest.reducers[0]["out_dim"] == 16
-    np.testing.assert_array_equal(np.load(index_dir / VECTORS_FILE), raw)  # the raw vectors are kept
+    np.testing.assert_array_equal(np.asarray(live_vectors(index_dir)), raw)  # the raw vectors are kept
     reference = Whitening(16, 0.5).fit(raw.astype(np.float64))
     np.testing.assert_allclose(whitening.transform(raw), reference.transform(raw), atol=1e-4)
     with Retriever.load(index_dir) as r:
         q = r.encode(["the red cat", "python code"])
         assert q.shape == (2, 16)
         np.testing.assert_allclose(q, whitening.transform(r.encoder.encode(["the red cat", "python code"])), atol=1e-5)
-        scores, rows = r.search_vectors(q, 5)
+        scores, rows = search_rows(r.search_vectors(q, 5))
         exact = q.astype(np.float64) @ whitening.transform(raw).astype(np.float64).T  # brute force, reduced space
         np.testing.assert_array_equal(rows, np.argsort(-exact, axis=1)[:, :5])
         np.testing.assert_allclose(scores, np.sort(exact, axis=1)[:, ::-1][:, :5], atol=1e-5)
-        _, torch_rows = Retriever.load(index_dir, backend="torch", device="cpu").search_vectors(q, 5)
+        _, torch_rows = search_rows(Retriever.load(index_dir, backend="torch", device="cpu").search_vectors(q, 5))
         np.testing.assert_array_equal(torch_rows, rows)
-    assert index_info(index_dir)["verified"]
+    assert index_info(index_dir, verify=True)["verified"]
 
 
 def test_add_after_whitening_reduces_the_new_documents(index_dir: Path, tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_rewhitening_refits_from_raw_and_projection_replaces_it(index_dir: Path)
 
 
 def test_reducer_from_another_model_is_refused(index_dir: Path) -> None:
-    raw = np.load(index_dir / VECTORS_FILE)
+    raw = np.asarray(live_vectors(index_dir))
     foreign = Whitening(8).fit(raw, source_fingerprint="not-this-model")
     with pytest.raises(IndexDirError, match="fitted on vectors of model not-this-model"):
         reduce_index(foreign, index_dir, progress=False)
@@ -143,11 +143,11 @@ def test_cli_whiten_project_and_dims(
 def test_cli_bad_reduce_arguments(
     index_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], pattern: str
 ) -> None:
-    before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+    before = committed_state(index_dir)
     extra = ["--index-dir", str(index_dir)] if args[0] != "dims" else []
     code, _, err = run_cli(capsys, *args, *extra)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     import re
 
     assert re.search(pattern, err), err
-    assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == before
+    assert committed_state(index_dir) == before

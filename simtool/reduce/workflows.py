@@ -15,7 +15,7 @@ from sentence_transformers import SentenceTransformer
 from simtool.config import default_index_dir
 from simtool.encoder import batched_documents, encode_texts, model_fingerprint
 from simtool.errors import SimtoolError
-from simtool.index import VECTORS_FILE, CorpusFields, load_index_encoder, reduce_index
+from simtool.index import CorpusFields, live_vectors, load_index_encoder, reduce_index
 from simtool.manifest import Manifest
 from simtool.reduce.dims import entropy_dim
 from simtool.reduce.projection import Distribution, RandomProjection
@@ -36,8 +36,7 @@ def sts_tuning_set(model: SentenceTransformer, path: str | Path, split: str = "d
 
 
 def _index_vectors(index_dir: Path) -> tuple[Manifest, np.ndarray]:
-    manifest = Manifest.load(index_dir)
-    return manifest, np.load(manifest.verify_file(index_dir, VECTORS_FILE), mmap_mode="r")
+    return Manifest.load(index_dir), live_vectors(index_dir)
 
 
 def whiten_index(

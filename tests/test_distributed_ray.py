@@ -1,0 +1,169 @@
+"""Ray Data encoding against the in-process encoder, on a real local Ray cluster (``num_cpus=2``)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import WORDS, run_cli, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _corpus(directory: Path, n_files: int = 2, per_file: int = 150) -> list[Path]:
+    rng = random.Random(1)
+    paths = []
+    for f in range(n_files):
+        rows = [
+            {"_id": f"f{f}-{i}", "title": rng.choice(WORDS), "text": " ".join(rng.choices(WORDS, k=rng.randint(3, 40)))}
+            for i in range(per_file)
+        ]
+        paths.append(write_jsonl(directory / f"part{f}.jsonl", rows))
+    return paths
+
+
+@pytest.mark.slow  # starts a local Ray cluster (a few processes, ~10 s)
+@pytest.mark.timeout(180)
+def test_ray_encode_two_workers_equals_in_process(ray_cluster: None, tiny_st: Path, tmp_path: Path) -> None:
+    from simtool.corpus import read_documents
+    from simtool.distributed import RayOptions, encode_file_ray
+    from simtool.encoder import encode_file, load_encoder
+
+    paths = _corpus(tmp_path)
+    docs = [d for p in paths for d in read_documents(p)]
+    encoder = load_encoder(tiny_st, device="cpu")
+    ids_path = encode_file(lambda: iter(docs), len(docs), tmp_path / "single.npy", encoder, progress=False)
+
+    result = encode_file_ray(
+        paths, tmp_path / "ray.npy", model=str(tiny_st), options=RayOptions(workers=2, batch_size=64), progress=False
+    )
+    single, distributed = np.load(tmp_path / "single.npy"), np.load(tmp_path / "ray.npy")
+    assert result["n"] == len(docs) == distributed.shape[0]
+    assert json.loads(Path(result["ids"]).read_text()) == json.loads(ids_path.read_text())
+    np.testing.assert_allclose(distributed, single, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_cli_encode_ray_writes_the_in_process_output(
+    ray_cluster: None, tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path, n_files=1, per_file=80)[0]
+    common = ["encode", str(corpus), "--model", str(tiny_st), "--json"]
+    code, out, err = run_cli(capsys, *common, "-o", str(tmp_path / "single.npy"))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, *common, "-o", str(tmp_path / "ray.npy"), "--ray", "local", "--workers", "2")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n"] == 80 and result["workers"] == 2
+    np.testing.assert_allclose(np.load(tmp_path / "ray.npy"), np.load(tmp_path / "single.npy"), atol=1e-6, rtol=0)
+    assert (tmp_path / "ray.ids.json").read_text() == (tmp_path / "single.ids.json").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_cli_workers_without_ray_is_one_line_error(
+    small_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "encode", str(small_corpus), "-o", str(tmp_path / "v.npy"), "--workers", "2")
+    assert code == 2 and err.count("\n") == 1 and "--ray" in err
+    assert not (tmp_path / "v.npy").exists()
+
+
+@pytest.mark.timeout(60)
+def test_ray_missing_names_the_extra(
+    small_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as without the extra
+    code, _, err = run_cli(capsys, "encode", str(small_corpus), "-o", str(tmp_path / "v.npy"), "--ray", "local")
+    assert code == 2 and err.count("\n") == 1 and "simtool[ray]" in err
+    assert not (tmp_path / "v.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "expected"),
+    [(2, None, (2, 0.875)), (2, 1, (1, 1.0)), (16, 4, (4, 1.0)), (1, None, (1, 0.75))],
+)
+def test_actor_plan_leaves_a_cpu_slot_for_reads(cpus: int, workers: int | None, expected: tuple[int, float]) -> None:
+    from simtool.distributed import RayOptions
+    from simtool.distributed.ray_encode import READ_CPUS
+
+    planned = RayOptions(workers=workers).plan(cpus, 0)
+    assert planned == expected and planned[0] * planned[1] <= cpus - READ_CPUS
+
+
+def test_actor_plan_rejects_workers_that_hold_every_cpu() -> None:
+    from simtool.distributed import RayOptions
+    from simtool.errors import SimtoolError
+
+    with pytest.raises(SimtoolError, match="cpus_per_worker"):
+        RayOptions(workers=2, cpus_per_worker=1.0).plan(2, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ray_add_commits_once_and_equals_in_process_add(ray_cluster: None, tiny_st: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from simtool.corpus import read_documents
+    from simtool.distributed import RayOptions
+    from simtool.distributed.ray_index import add_to_index_ray
+    from simtool.index import Index, add_to_index, build_index, live_vectors
+    from simtool.retriever import Retriever
+
+    first, *more = _corpus(tmp_path, n_files=3, per_file=100)
+    build_index(first, tmp_path / "ray-idx", model=str(tiny_st), factory="Flat", progress=False)
+    shutil.copytree(tmp_path / "ray-idx", tmp_path / "one-idx")
+    combined = write_jsonl(
+        tmp_path / "combined.jsonl",
+        [{"_id": d.id, "title": d.title, "text": d.text} for p in more for d in read_documents(p)],
+    )
+    add_to_index(combined, tmp_path / "one-idx", progress=False)
+    before = Index(tmp_path / "ray-idx").generation
+
+    done = add_to_index_ray(more, tmp_path / "ray-idx", options=RayOptions(workers=2, batch_size=50))
+    assert done["added"] == 200 and done["parts"] >= 2  # at least one part per file
+    assert done["generation"] == before + 1  # every part in one commit
+    np.testing.assert_allclose(live_vectors(tmp_path / "ray-idx"), live_vectors(tmp_path / "one-idx"), atol=1e-6)
+    queries = np.asarray(live_vectors(tmp_path / "one-idx"))[::37]
+    # Both indexes hold the first file's segment then the added one, so hits are comparable by (segment, row).
+    (ray_scores, ray_hits), (one_scores, one_hits) = (
+        Retriever.load(tmp_path / d, load_model=False).search_vectors(queries, k=5) for d in ("ray-idx", "one-idx")
+    )
+    assert ray_hits == one_hits
+    np.testing.assert_allclose(ray_scores, one_scores, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ray_add_duplicate_id_across_files_fails_before_commit(
+    ray_cluster: None, tiny_st: Path, tmp_path: Path
+) -> None:
+    from simtool.distributed import RayOptions
+    from simtool.distributed.ray_index import add_to_index_ray
+    from simtool.errors import SimtoolError
+    from simtool.index import Index, build_index
+
+    first, second = _corpus(tmp_path, n_files=2, per_file=30)
+    clash = write_jsonl(tmp_path / "clash.jsonl", [{"_id": "f1-7", "text": "a cat"}])
+    build_index(first, tmp_path / "idx", model=str(tiny_st), factory="Flat", progress=False)
+    before = Index(tmp_path / "idx").manifest
+    with pytest.raises(SimtoolError, match="duplicate id 'f1-7'") as err:
+        add_to_index_ray([second, clash], tmp_path / "idx", options=RayOptions(workers=1))
+    assert "\n" not in str(err.value)
+    after = Index(tmp_path / "idx").manifest
+    assert (after.generation, after.count) == (before.generation, before.count)
