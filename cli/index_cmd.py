@@ -20,6 +20,7 @@ from simtool.cli.common import (
     corpus_fields,
     emit,
 )
+from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
 from simtool.errors import SimtoolError
 
 index_app = typer.Typer(help="Build, change and inspect an index directory.", no_args_is_help=True)
@@ -39,6 +40,7 @@ def _print_manifest(info: dict[str, Any]) -> None:
         f"faiss      {info['factory']}  {' '.join(f'{k}={v}' for k, v in info['search_params'].items())}".rstrip(),
         f"segments   {len(info['segments'])} ({info['deleted']} deleted rows), generation {info['generation']}",
         f"reducers   {', '.join(r.get('kind', '?') for r in info['reducers']) or 'none'}",
+        f"long text  {_long_text_line(info.get('long_text') or {})}",
         f"updated    {info['updated_at']}",
     ]
     if "bytes_on_disk" in info:
@@ -46,6 +48,12 @@ def _print_manifest(info: dict[str, Any]) -> None:
             f"size       {info['bytes_on_disk'] / 2**20:.1f} MiB" + ("  (checksums OK)" if info["verified"] else "")
         )
     typer.echo("\n".join(lines))
+
+
+def _long_text_line(spec: dict[str, Any]) -> str:
+    if not spec:
+        return "truncate"
+    return f"{spec['mode']} ({spec['chunk_tokens']}-token windows, overlap {spec['chunk_overlap']})"
 
 
 @index_app.command("build")
@@ -67,6 +75,9 @@ def index_build(
     text_column: TextColumn = None,
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
+    long_text: LongText = "truncate",
+    chunk_tokens: ChunkTokens = None,
+    chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     json_out: Json = False,
 ) -> None:
     """Encode a corpus and build a new index directory (replaces an existing one atomically)."""
@@ -89,6 +100,9 @@ def index_build(
         memory_budget=budget,
         fields=corpus_fields(text_column, id_column, title_column),
         progress=not json_out,
+        long_text=long_text,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
     )
     info = index_info(index_dir, verify=False)
     info["seconds"] = round(time.perf_counter() - started, 3)

@@ -16,7 +16,7 @@ LongText = Annotated[
     typer.Option(
         "--long-text",
         help="Texts past the model's limit: truncate, chunk-mean (mean of token windows) or chunk-max "
-        "(one vector per window; ids repeat per window).",
+        "(one vector per window; ids repeat per window; `encode` only).",
     ),
 ]
 ChunkTokens = Annotated[

@@ -112,6 +112,23 @@ def _warn_truncation_once(model: Any, texts: Sequence[str]) -> None:
         )
 
 
+def index_long_text(model: Any, mode: str, chunk_tokens: int | None, chunk_overlap: int) -> dict[str, Any]:
+    """The manifest's ``long_text`` record for an index build: ``{}`` for truncate, else mode and window.
+
+    ``chunk-max`` is refused: the live index keys each row by a unique document id (deletes,
+    upserts, filters), so one row per chunk would need a chunk -> document layer it does not have.
+    """
+    if check_mode(mode) == "truncate":
+        return {}
+    if mode == "chunk-max":
+        raise SimtoolError(
+            "long_text='chunk-max' is not supported by the index yet (one row per document id); "
+            "use 'chunk-mean', or encode chunk-max vectors with encode_long_file and search_chunk_max"
+        )
+    size, overlap = resolve_chunk_tokens(model, chunk_tokens, chunk_overlap)
+    return {"mode": mode, "chunk_tokens": size, "chunk_overlap": overlap}
+
+
 def encode_long(
     model: Any,
     texts: Sequence[str],

@@ -67,3 +67,48 @@ def test_cli_default_overlap_is_the_library_default() -> None:
 
     assert long_cmd.DEFAULT_CHUNK_OVERLAP == DEFAULT_CHUNK_OVERLAP
     assert all(m in long_cmd.LongText.__metadata__[0].help for m in LONG_TEXT_MODES)
+
+
+@pytest.mark.timeout(120)
+def test_index_build_chunk_mean_is_recorded_and_reused_by_add(
+    tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simtool.chunking import encode_long
+    from simtool.encoder import encode_texts, load_encoder
+    from simtool.index import index_info, live_vectors
+
+    corpus, rows = _corpus(tmp_path)
+    index_dir = tmp_path / "idx"
+    window = ["--chunk-tokens", "20", "--chunk-overlap", "4"]
+    code, stdout, err = run_cli(
+        capsys, "index", "build", str(corpus), "--index-dir", str(index_dir), "--model", str(tiny_st),
+        "--long-text", "chunk-mean", *window, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    spec = {"mode": "chunk-mean", "chunk_tokens": 20, "chunk_overlap": 4}
+    assert json.loads(stdout)["long_text"] == spec
+    extra = {"_id": "d9", "text": " ".join(WORDS[i % len(WORDS)] for i in range(150))}
+    code, _, err = run_cli(
+        capsys, "index", "add", str(write_jsonl(tmp_path / "more.jsonl", [extra])), "--index-dir", str(index_dir)
+    )
+    assert code == 0, err
+    model = load_encoder(tiny_st, device="cpu")
+    texts = [r["text"] for r in rows] + [extra["text"]]
+    ref = encode_long(model, texts, mode="chunk-mean", chunk_tokens=20, chunk_overlap=4)
+    got = np.asarray(live_vectors(index_dir))
+    np.testing.assert_allclose(got, ref, atol=1e-5)  # the added document is chunk-mean too, not truncated
+    assert not np.allclose(got[3], encode_texts(model, [extra["text"]])[0], atol=1e-3)
+    assert index_info(index_dir)["long_text"] == spec
+
+
+def test_index_build_chunk_max_is_one_line_and_writes_nothing(
+    tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus, _ = _corpus(tmp_path)
+    index_dir = tmp_path / "idx"
+    code, _, err = run_cli(
+        capsys, "index", "build", str(corpus), "--index-dir", str(index_dir), "--model", str(tiny_st),
+        "--long-text", "chunk-max",
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "chunk-max" in err
+    assert not index_dir.exists()
