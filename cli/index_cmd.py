@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +22,7 @@ from simtool.cli.common import (
     corpus_fields,
     emit,
 )
+from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, ray_options
 from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
 from simtool.errors import SimtoolError
 
@@ -28,6 +31,14 @@ index_app = typer.Typer(help="Build, change and inspect an index directory.", no
 LockTimeout = Annotated[
     float, typer.Option("--lock-timeout", help="Seconds to wait for another writer before giving up.")
 ]
+
+
+def _read_all(fields: Any, paths: list[Path]) -> Iterator[Any]:
+    """Every file's documents in order; each file is validated in full before any is read."""
+    for path in paths:
+        fields.count(path)
+    for path in paths:
+        yield from fields.read(path)
 
 
 def _print_manifest(info: dict[str, Any]) -> None:
@@ -58,7 +69,9 @@ def _long_text_line(spec: dict[str, Any]) -> str:
 
 @index_app.command("build")
 def index_build(
-    corpus: Annotated[Path, typer.Argument(help="Corpus: .txt, .jsonl (BEIR), .csv or .tsv, optionally .gz.")],
+    corpus: Annotated[
+        list[Path], typer.Argument(help="Corpus file(s): .txt, .jsonl (BEIR), .csv or .tsv, optionally .gz.")
+    ],
     index_dir: IndexDir = None,
     model: Model = None,
     pooling: Pooling = None,
@@ -78,6 +91,9 @@ def index_build(
     long_text: LongText = "truncate",
     chunk_tokens: ChunkTokens = None,
     chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
+    ray: RayAddress = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
     json_out: Json = False,
 ) -> None:
     """Encode a corpus and build a new index directory (replaces an existing one atomically)."""
@@ -85,26 +101,51 @@ def index_build(
 
     if metric not in ("ip", "l2"):
         raise SimtoolError(f"--metric must be one of ip, l2, got {metric!r}")
+    check_ray_flags(ray, workers, gpus_per_worker)
     budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
+    fields = corpus_fields(text_column, id_column, title_column)
     started = time.perf_counter()
-    build_index(
-        corpus,
-        index_dir,
-        model=model,
-        pooling=pooling,
-        max_seq_length=max_seq_length,
-        factory=factory,
-        metric=metric,
-        gpu=gpu,
-        batch_size=batch_size,
-        memory_budget=budget,
-        fields=corpus_fields(text_column, id_column, title_column),
-        progress=not json_out,
-        long_text=long_text,
-        chunk_tokens=chunk_tokens,
-        chunk_overlap=chunk_overlap,
-    )
+    if ray is not None:
+        if long_text != "truncate":
+            # Ray actors encode whole texts; the chunked modes need the tokenizer's windows on every worker
+            raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
+        from simtool.distributed.ray_index import build_index_ray
+
+        done = build_index_ray(
+            corpus,
+            index_dir,
+            model=model,
+            pooling=pooling,
+            max_seq_length=max_seq_length,
+            factory=factory,
+            metric=metric,
+            gpu=gpu,
+            memory_budget=budget,
+            options=ray_options(ray, workers, gpus_per_worker),
+            batch_size=batch_size,
+            fields=dataclasses.asdict(fields),
+        )
+    else:
+        build_index(
+            corpus[0] if len(corpus) == 1 else _read_all(fields, corpus),
+            index_dir,
+            model=model,
+            pooling=pooling,
+            max_seq_length=max_seq_length,
+            factory=factory,
+            metric=metric,
+            gpu=gpu,
+            batch_size=batch_size,
+            memory_budget=budget,
+            fields=fields,
+            progress=not json_out,
+            long_text=long_text,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+        )
     info = index_info(index_dir, verify=False)
+    if ray is not None:
+        info["ray"] = {"address": ray, "workers": done["workers"], "parts": done["parts"]}
     info["seconds"] = round(time.perf_counter() - started, 3)
     if json_out:
         emit(info)
@@ -115,7 +156,7 @@ def index_build(
 
 @index_app.command("add")
 def index_add(
-    corpus: Annotated[Path, typer.Argument(help="Corpus with new documents, same formats as build.")],
+    corpus: Annotated[list[Path], typer.Argument(help="Corpus file(s) with new documents, same formats as build.")],
     index_dir: IndexDir = None,
     model: Annotated[str | None, typer.Option("--model", help="Must be the index's model (checked).")] = None,
     on_duplicate: Annotated[
@@ -131,6 +172,9 @@ def index_add(
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
     lock_timeout: LockTimeout = 30.0,
+    ray: RayAddress = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
     json_out: Json = False,
 ) -> None:
     """Add documents to an existing index as one new segment, encoded with the index's own model."""
@@ -138,21 +182,43 @@ def index_add(
 
     if on_duplicate not in ("error", "skip", "replace"):
         raise SimtoolError(f"--on-duplicate must be error, skip or replace, got {on_duplicate!r}")
+    check_ray_flags(ray, workers, gpus_per_worker)
     fields = corpus_fields(text_column, id_column, title_column)
-    fields.count(corpus)
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout)
     if model is not None:
         from simtool.encoder import load_encoder
         from simtool.index import check_same_model
 
         check_same_model(index.manifest, load_encoder(model, None, None, index.manifest.model.max_seq_length))
+    if ray is not None:
+        from simtool.distributed.ray_index import add_to_index_ray
+
+        done = add_to_index_ray(
+            corpus,
+            index.directory,
+            options=ray_options(ray, workers, gpus_per_worker),
+            batch_size=batch_size,
+            fields=dataclasses.asdict(fields),
+            on_duplicate=on_duplicate,  # type: ignore[arg-type]
+            lock_timeout=lock_timeout,
+        )
+        count = index.manifest.count
+        if json_out:
+            emit({**done, "count": count, "ray": ray})
+        else:
+            typer.echo(
+                f"added {done['added']} documents on Ray ({done['workers']} workers, {done['parts']} parts); "
+                f"the index holds {count} at generation {done['generation']}"
+            )
+        return
+    docs = _read_all(fields, corpus)
     try:
         result = index.write(
-            fields.read(corpus),
+            docs,
             on_duplicate=on_duplicate,  # type: ignore[arg-type]
             batch_size=batch_size,
             progress=not json_out,
-            source=str(corpus),
+            source=", ".join(map(str, corpus)),
         )
     except SimtoolError as e:
         raise SimtoolError(

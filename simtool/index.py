@@ -171,7 +171,8 @@ def encode_parts(
 # --- model and reducers recorded in a manifest -------------------------------------------------------
 
 
-def _model_info(encoder: Any) -> ModelInfo:
+def model_info(encoder: Any) -> ModelInfo:
+    """What a manifest records of a model loaded by :func:`simtool.encoder.load_encoder`."""
     from simtool.encoder import describe_pooling, embedding_dim, model_fingerprint
 
     source = getattr(encoder, "simtool_source", None)
@@ -768,7 +769,7 @@ def build_index(
     chosen = choose_factory(n or 0, dim, memory_budget) if factory == "auto" else factory
     new_faiss_index(chosen, dim, metric)  # an unknown factory fails here, before encoding
     manifest = Manifest(
-        model=_model_info(encoder),
+        model=model_info(encoder),
         dim=dim,
         metric=metric,
         factory=chosen,

@@ -100,8 +100,12 @@ def init_ray(options: RayOptions) -> Any:
     """Connect to (or start) Ray once per process; a running ``ray.init`` is reused as it is."""
     ray = require_ray()
     options.validate()
+    # Ray's driver-side INFO/WARNING lines (progress reports, auth notice) would bury simtool's own
+    # output; they stay in Ray's session logs, and errors still surface as exceptions.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": options.address, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"address": options.address, "log_to_driver": False, "logging_level": logging.ERROR}
         if options.address is None and options.num_cpus is not None:
             kwargs["num_cpus"] = options.num_cpus
         ray.init(**kwargs)
@@ -313,7 +317,7 @@ def encoded_dataset(
         },
         batch_size=options.batch_size,
         batch_format="numpy",
-        concurrency=workers,
+        compute=require_ray().data.ActorPoolStrategy(size=workers),
         num_cpus=cpus,
         num_gpus=gpus or None,
     )

@@ -1,4 +1,4 @@
-"""Adding a corpus to a live index from a Ray cluster: actors encode, the driver commits once.
+"""Building or adding to a live index from a Ray cluster: actors encode, the driver commits once.
 
 Each Ray batch comes back as one :class:`simtool.index.EncodedPart` (documents + raw vectors
 ``(n, d) float32``); nothing touches the index until every part is in, then :meth:`Index.append`
@@ -20,7 +20,7 @@ import numpy as np
 from simtool.corpus import Document
 from simtool.distributed.ray_encode import RayOptions, actor_plan, encoded_dataset, init_ray, ray_dataset
 from simtool.errors import CorpusError, SimtoolError
-from simtool.index import EncodedPart, Index, OnDuplicate
+from simtool.index import EncodedPart, Index, OnDuplicate, build_index, model_info
 from simtool.manifest import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,61 @@ def encode_parts_ray(
         yield EncodedPart(docs, np.ascontiguousarray(np.stack(list(batch["embedding"])), dtype=np.float32))
 
 
+def _parts_with_unique_ids(parts: list[EncodedPart], paths: Sequence[str | Path]) -> int:
+    """The number of documents; a duplicate id anywhere fails here, naming it, before anything is written."""
+    seen: set[str] = set()
+    for part in parts:
+        for doc in part.docs:
+            if doc.id in seen:
+                raise CorpusError(f"duplicate id {doc.id!r} across the input files {', '.join(map(str, paths))}")
+            seen.add(doc.id)
+    if not seen:
+        raise SimtoolError(f"{', '.join(map(str, paths))}: nothing to index")
+    return len(seen)
+
+
+def build_index_ray(
+    paths: Sequence[str | Path],
+    index_dir: str | Path | None = None,
+    *,
+    model: str | Path | None = None,
+    pooling: str | None = None,
+    max_seq_length: int | None = None,
+    factory: str = "auto",
+    metric: str = "ip",
+    gpu: bool = True,
+    memory_budget: int | None = None,
+    options: RayOptions | None = None,
+    batch_size: int = 64,
+    fields: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """Encode corpus files on Ray and build a new index from them, which appears whole or not at all.
+
+    The driver loads the model once (for its fingerprint and dimension); every actor checks its copy
+    against that fingerprint. IVF/PQ factories train once on the driver, over all parts, exactly as the
+    single-process build does, so both builds give the same index. Returns
+    ``{"generation", "added", "parts", "workers"}``.
+    """
+    from simtool.encoder import load_encoder
+
+    options = options or RayOptions()
+    encoder = load_encoder(model, pooling, None, max_seq_length)
+    parts = list(encode_parts_ray(paths, model_info(encoder), options=options, batch_size=batch_size, fields=fields))
+    added = _parts_with_unique_ids(parts, paths)
+    manifest = build_index(
+        parts,
+        index_dir,
+        model=encoder,
+        factory=factory,
+        metric=metric,
+        gpu=gpu,
+        memory_budget=memory_budget,
+        progress=False,
+    )
+    log.info("built %d documents from %d Ray parts as generation %d", added, len(parts), manifest.generation)
+    return {"generation": manifest.generation, "added": added, "parts": len(parts), "workers": actor_plan(options)[0]}
+
+
 def add_to_index_ray(
     paths: Sequence[str | Path],
     index_dir: str | Path | None = None,
@@ -88,14 +143,7 @@ def add_to_index_ray(
             f"{index.directory}: built with long_text {index.manifest.long_text['mode']!r}, not on Ray yet"
         )
     parts = list(encode_parts_ray(paths, index.manifest.model, options=options, batch_size=batch_size, fields=fields))
-    seen: set[str] = set()
-    for part in parts:
-        for doc in part.docs:
-            if doc.id in seen:
-                raise CorpusError(f"duplicate id {doc.id!r} across the input files {', '.join(map(str, paths))}")
-            seen.add(doc.id)
-    if not seen:
-        raise SimtoolError(f"{', '.join(map(str, paths))}: nothing to index")
+    added = _parts_with_unique_ids(parts, paths)
     generation = index.append(iter(parts), on_duplicate=on_duplicate)
-    log.info("committed %d documents from %d Ray parts as generation %d", len(seen), len(parts), generation)
-    return {"generation": generation, "added": len(seen), "parts": len(parts), "workers": actor_plan(options)[0]}
+    log.info("committed %d documents from %d Ray parts as generation %d", added, len(parts), generation)
+    return {"generation": generation, "added": added, "parts": len(parts), "workers": actor_plan(options)[0]}
