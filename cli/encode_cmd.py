@@ -21,6 +21,7 @@ from simtool.cli.common import (
     emit,
 )
 from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, encode_on_ray
+from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
 
 
 def encode(
@@ -36,6 +37,9 @@ def encode(
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
     backend: EncodeBackend = "auto",
+    long_text: LongText = "truncate",
+    chunk_tokens: ChunkTokens = None,
+    chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     json_out: Json = False,
     ray: RayAddress = None,
     workers: Workers = None,
@@ -44,11 +48,14 @@ def encode(
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
     check_ray_flags(ray, workers, gpus_per_worker)
     if ray is not None:
-        if backend != "auto":
-            from simtool.errors import SimtoolError
+        from simtool.errors import SimtoolError
 
+        if backend != "auto":
             # Ray actors load the torch encoder; refusing beats silently encoding with another backend.
-            raise SimtoolError(f"backend={backend!r} is not supported with ray yet; Ray actors encode with torch")
+            raise SimtoolError(f"--backend {backend} is not supported with --ray yet; Ray actors encode with torch")
+        if long_text != "truncate":
+            # Ray actors encode whole texts; chunk rows would need the chunk -> id bookkeeping on every worker
+            raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
         columns = {"text": text_column, "id": id_column, "title": title_column}
         encode_on_ray(
             [input],
@@ -65,18 +72,31 @@ def encode(
         )
         return
     from simtool.backends import backend_info
-    from simtool.encoder import embedding_dim, encode_file, load_encoder
+    from simtool.chunking import encode_long_file
+    from simtool.encoder import embedding_dim, load_encoder
 
     fields = corpus_fields(text_column, id_column, title_column)
     n = fields.count(input)
     encoder = load_encoder(model, pooling, None, max_seq_length, backend=backend)
     started = time.perf_counter()
-    ids_path = encode_file(lambda: fields.read(input), n, output, encoder, batch_size=batch_size, progress=not json_out)
+    ids_path, rows = encode_long_file(
+        lambda: fields.read(input),
+        n,
+        output,
+        encoder,
+        mode=long_text,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        batch_size=batch_size,
+        progress=not json_out,
+    )
     seconds = time.perf_counter() - started
     result = {
         "output": str(output),
         "ids": str(ids_path),
         "n": n,
+        "rows": rows,
+        "long_text": long_text,
         "dim": embedding_dim(encoder),
         "model": encoder.simtool_source,
         "pooling": encoder.simtool_pooling,
@@ -88,6 +108,6 @@ def encode(
         emit(result)
     else:
         typer.echo(
-            f"wrote {n} x {result['dim']} float32 to {output} (ids: {ids_path}) "
+            f"wrote {rows} x {result['dim']} float32 ({n} texts, {long_text}) to {output} (ids: {ids_path}) "
             f"in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s ({result['backend']['name']} backend)"
         )

@@ -23,6 +23,7 @@ from simtool.cli.common import (
     emit,
 )
 from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, ray_options
+from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
 from simtool.errors import SimtoolError
 
 index_app = typer.Typer(help="Build, change and inspect an index directory.", no_args_is_help=True)
@@ -50,6 +51,7 @@ def _print_manifest(info: dict[str, Any]) -> None:
         f"faiss      {info['factory']}  {' '.join(f'{k}={v}' for k, v in info['search_params'].items())}".rstrip(),
         f"segments   {len(info['segments'])} ({info['deleted']} deleted rows), generation {info['generation']}",
         f"reducers   {', '.join(r.get('kind', '?') for r in info['reducers']) or 'none'}",
+        f"long text  {_long_text_line(info.get('long_text') or {})}",
         f"updated    {info['updated_at']}",
     ]
     if "bytes_on_disk" in info:
@@ -57,6 +59,12 @@ def _print_manifest(info: dict[str, Any]) -> None:
             f"size       {info['bytes_on_disk'] / 2**20:.1f} MiB" + ("  (checksums OK)" if info["verified"] else "")
         )
     typer.echo("\n".join(lines))
+
+
+def _long_text_line(spec: dict[str, Any]) -> str:
+    if not spec:
+        return "truncate"
+    return f"{spec['mode']} ({spec['chunk_tokens']}-token windows, overlap {spec['chunk_overlap']})"
 
 
 @index_app.command("build")
@@ -80,6 +88,9 @@ def index_build(
     text_column: TextColumn = None,
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
+    long_text: LongText = "truncate",
+    chunk_tokens: ChunkTokens = None,
+    chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     ray: RayAddress = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 0.0,
@@ -95,6 +106,9 @@ def index_build(
     fields = corpus_fields(text_column, id_column, title_column)
     started = time.perf_counter()
     if ray is not None:
+        if long_text != "truncate":
+            # Ray actors encode whole texts; the chunked modes need the tokenizer's windows on every worker
+            raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
         from simtool.distributed.ray_index import build_index_ray
 
         done = build_index_ray(
@@ -125,6 +139,9 @@ def index_build(
             memory_budget=budget,
             fields=fields,
             progress=not json_out,
+            long_text=long_text,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
         )
     info = index_info(index_dir, verify=False)
     if ray is not None:

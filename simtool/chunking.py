@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,6 +110,23 @@ def _warn_truncation_once(model: Any, texts: Sequence[str]) -> None:
             limit,
             longest,
         )
+
+
+def index_long_text(model: Any, mode: str, chunk_tokens: int | None, chunk_overlap: int) -> dict[str, Any]:
+    """The manifest's ``long_text`` record for an index build: ``{}`` for truncate, else mode and window.
+
+    ``chunk-max`` is refused: the live index keys each row by a unique document id (deletes,
+    upserts, filters), so one row per chunk would need a chunk -> document layer it does not have.
+    """
+    if check_mode(mode) == "truncate":
+        return {}
+    if mode == "chunk-max":
+        raise SimtoolError(
+            "long_text='chunk-max' is not supported by the index yet (one row per document id); "
+            "use 'chunk-mean', or encode chunk-max vectors with encode_long_file and search_chunk_max"
+        )
+    size, overlap = resolve_chunk_tokens(model, chunk_tokens, chunk_overlap)
+    return {"mode": mode, "chunk_tokens": size, "chunk_overlap": overlap}
 
 
 def encode_long(
@@ -230,3 +249,56 @@ def dedupe_chunk_hits(
         if len(docs) == k:
             break
     return doc_scores, docs
+
+
+def encode_long_file(
+    docs: Callable[[], Iterable[Any]],
+    n: int,
+    output: str | Path,
+    model: Any,
+    *,
+    mode: str = "truncate",
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[Path, int]:
+    """:func:`simtool.encoder.encode_file` with a long-text ``mode``; returns ``(ids path, rows written)``.
+
+    ``OUT.ids.json`` holds one id per row, so for ``chunk-max`` a document's id repeats once per
+    chunk (rows of one document are contiguous, in window order). ``docs`` yields objects with
+    ``.id`` and ``.encoded_text`` (:class:`simtool.corpus.Document`). Both files are written atomically.
+    """
+    from simtool.atomic import atomic_open, atomic_path
+    from simtool.encoder import batched_documents, embedding_dim, encode_file, ids_path_for, progress_bar
+
+    check_mode(mode)
+    if mode == "truncate":
+        # chunk_tokens / chunk_overlap do not apply: a truncated text is one window of max_seq_length
+        return encode_file(docs, n, output, model, batch_size=batch_size, progress=progress), n
+    resolve_chunk_tokens(model, chunk_tokens, chunk_overlap)  # refuse bad windows before reading the corpus
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parts: list[np.ndarray] = []
+    ids: list[str] = []
+    with progress_bar(n, "encode", progress) as bar:
+        for batch in batched_documents(docs()):
+            enc = encode_chunked(
+                model,
+                [d.encoded_text for d in batch],
+                mode=mode,
+                chunk_tokens=chunk_tokens,
+                chunk_overlap=chunk_overlap,
+                batch_size=batch_size,
+            )
+            parts.append(enc.vectors)
+            ids.extend(batch[int(o)].id for o in enc.owners)
+            bar.update(len(batch))
+    # chunk-max's row count is known only after tokenising, so the matrix is written whole at the end
+    vectors = np.concatenate(parts) if parts else np.zeros((0, embedding_dim(model)), np.float32)
+    with atomic_path(output) as tmp, open(tmp, "wb") as f:
+        np.save(f, vectors, allow_pickle=False)
+    ids_path = ids_path_for(output)
+    with atomic_open(ids_path, "w") as f:
+        json.dump(ids, f, ensure_ascii=False)
+    return ids_path, len(vectors)

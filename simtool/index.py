@@ -147,13 +147,30 @@ def _resolve(index_dir: str | Path | None) -> Path:
 
 
 def encode_parts(
-    encoder: Any, docs: Iterable[Document], *, batch_size: int = 64, bar: Any = None
+    encoder: Any,
+    docs: Iterable[Document],
+    *,
+    batch_size: int = 64,
+    bar: Any = None,
+    long_text: dict[str, Any] | None = None,
 ) -> Iterator[EncodedPart]:
-    """Encode documents (``Document.encoded_text``) in chunks of a few thousand."""
-    from simtool.encoder import batched_documents, encode_texts
+    """Encode documents (``Document.encoded_text``) in chunks of a few thousand.
 
+    ``long_text``: a manifest's ``long_text`` record (:func:`simtool.chunking.index_long_text`); empty truncates.
+    """
+    from simtool.chunking import encode_long
+    from simtool.encoder import batched_documents
+
+    spec = long_text or {}
     for chunk in batched_documents(docs):
-        vectors = encode_texts(encoder, [d.encoded_text for d in chunk], batch_size=batch_size)
+        vectors = encode_long(
+            encoder,
+            [d.encoded_text for d in chunk],
+            mode=spec.get("mode", "truncate"),
+            chunk_tokens=spec.get("chunk_tokens"),
+            chunk_overlap=spec.get("chunk_overlap", 0),
+            batch_size=batch_size,
+        )
         if bar is not None:
             bar.update(len(chunk))
         yield EncodedPart(chunk, vectors)
@@ -331,7 +348,10 @@ class Index:
                 tx.add_parts(iter([EncodedPart(docs, np.asarray(vectors, dtype=np.float32))]))
             elif docs:
                 with progress_bar(len(docs), "encode", progress) as bar:
-                    tx.add_parts(encode_parts(self.encoder(), docs, batch_size=batch_size, bar=bar))
+                    parts = encode_parts(
+                        self.encoder(), docs, batch_size=batch_size, bar=bar, long_text=tx.base.long_text
+                    )
+                    tx.add_parts(parts)
             result = WriteResult(
                 tx.base.generation, added=len(docs), deleted=len(doomed), skipped=skipped, missing=missing
             )
@@ -725,14 +745,21 @@ def build_index(
     memory_budget: int | None = None,
     fields: CorpusFields = CorpusFields(),
     progress: bool = True,
+    long_text: str = "truncate",
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = 32,
 ) -> Manifest:
     """Encode a corpus (a file, any iterable of Documents, or EncodedParts already encoded by ``model``)
     into a new index.
+
+    ``long_text``: ``truncate`` or ``chunk-mean`` (one vector per document, the mean of its token
+    windows; see :mod:`simtool.chunking`), recorded in the manifest so later adds encode alike.
 
     A new directory appears whole, by one rename. An existing index gets a new generation
     holding only the new segment, so its open readers keep their snapshot. A corpus file is
     validated in full before anything is encoded or written.
     """
+    from simtool.chunking import index_long_text
     from simtool.encoder import embedding_dim, load_encoder, progress_bar
 
     target = _resolve(index_dir)
@@ -756,6 +783,7 @@ def build_index(
             raise SimtoolError("documents: nothing to index")
     loaded = model is not None and not isinstance(model, (str, os.PathLike))
     encoder = model if loaded else load_encoder(model, pooling, None, max_seq_length)
+    spec = index_long_text(encoder, long_text, chunk_tokens, chunk_overlap)
     dim = embedding_dim(encoder)
     chosen = choose_factory(n or 0, dim, memory_budget) if factory == "auto" else factory
     new_faiss_index(chosen, dim, metric)  # an unknown factory fails here, before encoding
@@ -770,6 +798,7 @@ def build_index(
         created_at=_now(),
         updated_at=_now(),
         simtool_version=__version__,
+        long_text=spec,
     )
 
     def write_into(directory: Path, base: Manifest) -> Manifest:
@@ -784,7 +813,9 @@ def build_index(
         try:
             with progress_bar(n or 0, "encode", progress) as bar:
                 stream = (
-                    iter(parts) if parts is not None else encode_parts(encoder, docs, batch_size=batch_size, bar=bar)
+                    iter(parts)
+                    if parts is not None
+                    else encode_parts(encoder, docs, batch_size=batch_size, bar=bar, long_text=spec)
                 )
                 tx.add_parts(stream, small_ok=False)
         except BaseException:

@@ -51,6 +51,9 @@ class Manifest:
     created_at: str = ""
     updated_at: str = ""
     simtool_version: str = ""
+    # how documents longer than the model's window were encoded (simtool.chunking); {} = truncated.
+    # Index writes re-encode new documents the same way, so one index never mixes methods.
+    long_text: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

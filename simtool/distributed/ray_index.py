@@ -137,6 +137,11 @@ def add_to_index_ray(
     """
     options = options or RayOptions()
     index = Index(index_dir, lock_timeout=lock_timeout)
+    if index.manifest.long_text:
+        # the actors encode whole texts; an index built with chunk-mean must get chunk-mean vectors
+        raise SimtoolError(
+            f"{index.directory}: built with long_text {index.manifest.long_text['mode']!r}, not on Ray yet"
+        )
     parts = list(encode_parts_ray(paths, index.manifest.model, options=options, batch_size=batch_size, fields=fields))
     added = _parts_with_unique_ids(parts, paths)
     generation = index.append(iter(parts), on_duplicate=on_duplicate)
