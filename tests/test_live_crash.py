@@ -114,6 +114,18 @@ def test_kill_9_during_writes_50_trials(tmp_path: Path, encoder: Any) -> None:
     assert crash_trials(tmp_path, encoder, trials=50, seed=2) >= 25
 
 
+def _wait_for_readers(path: Path, generation: int, timeout: float = 10.0) -> None:
+    """Until every reader's lease names ``generation`` or later (a reader refreshes, then searches it)."""
+    from simtool.locks import held_generations
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leases = held_generations(path)
+        if not leases.pending and leases.generations and min(leases.generations) >= generation:
+            return
+        time.sleep(0.005)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_readers_in_three_processes_see_only_whole_generations(tmp_path: Path, encoder: Any) -> None:
@@ -123,16 +135,20 @@ def test_readers_in_three_processes_see_only_whole_generations(tmp_path: Path, e
     queries = rng.standard_normal((4, 32)).astype(np.float32)
     np.save(tmp_path / "q.npy", queries)
     stop = tmp_path / "stop"
+    # Each reader writes to a file: through a pipe nobody drains during the writes, a reader would block on
+    # a full pipe buffer and stop refreshing.
+    logs = [tmp_path / f"reader-{i}.jsonl" for i in range(3)]
     readers = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.live_reader", str(path), str(tmp_path / "q.npy"), str(stop)],
             cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
+            stdout=log.open("w"),
         )
-        for _ in range(3)
+        for log in logs
     ]
-    first_lines = [p.stdout.readline() for p in readers]  # type: ignore[union-attr]  # all three are searching
+    deadline = time.monotonic() + 120
+    while not all(log.exists() and log.stat().st_size for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until all three are searching
     index = Index(path, auto_merge=True, merge_factor=4)
     states = {index.generation: {"init": 0}}
     n_ops = 50
@@ -151,11 +167,11 @@ def test_readers_in_three_processes_see_only_whole_generations(tmp_path: Path, e
         for gen in range(max(states) + 1, index.generation + 1):
             states[gen] = dict(state)
         assert g in states
-        time.sleep(0.02)  # let the readers interleave with every generation
+        _wait_for_readers(path, index.generation)  # every reader moves to each generation, however loaded the machine
     time.sleep(0.5)
     stop.touch()
-    outputs = [first + p.communicate(timeout=60)[0] for first, p in zip(first_lines, readers, strict=True)]
-    assert all(p.returncode == 0 for p in readers)
+    assert all(p.wait(timeout=60) == 0 for p in readers)
+    outputs = [log.read_text() for log in logs]
     for out in outputs:
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]  # skip library chatter
         gens = [line["generation"] for line in lines]
