@@ -69,7 +69,7 @@ def print_hits(query: str, hits: list[Any]) -> None:
 # underscore (never an English word), ``name=value``, ``unknown name``, or ``name must/needs/applies``.
 # Plain words such as "model" or "output" elsewhere in a message stay as they are.
 _PARAM = re.compile(
-    r"(?P<pre>\bunknown )?\b(?P<name>[a-z][a-z0-9_]*)\b"
+    r"(?P<pre>\bunknown )?(?<![-\w])(?P<name>[a-z][a-z0-9_]*)\b"
     r"(?:=(?P<value>'[^']*'|\"[^\"]*\"|[^\s,;:)]+)|(?P<verb>(?= (?:must|needs|applies)\b)))?"
 )
 

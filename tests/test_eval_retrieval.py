@@ -182,7 +182,7 @@ def test_cli_json_and_text(capsys: pytest.CaptureFixture[str], tiny_st: Path, be
     [
         (["--split", "dev"], "qrels/dev.tsv: no such qrels file (splits here: test)"),
         (["--top-k", "3"], "--top-k must be at least 10"),
-        (["--factory", "Bogus99"], "unknown or invalid --factory 'Bogus99'"),
+        (["--factory", "Bogus99"], "--factory Bogus99 is unknown or invalid"),
         (["--nprobe", "0"], "--nprobe must be positive"),
     ],
 )
