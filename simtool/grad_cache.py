@@ -235,9 +235,7 @@ def check_batch_sizes(batch_size: int, mini_batch_size: int | None, world_size: 
         where = f" per process ({batch_size} over {world_size})" if world_size > 1 else ""
         raise SimtoolError(f"mini_batch_size={mini_batch_size} is larger than the batch of {local}{where}")
     if local % mini_batch_size:
-        raise SimtoolError(
-            f"batch_size={local} (per process) is not a multiple of mini_batch_size={mini_batch_size}"
-        )
+        raise SimtoolError(f"batch_size={local} (per process) is not a multiple of mini_batch_size={mini_batch_size}")
     return local
 
 

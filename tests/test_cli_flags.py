@@ -19,7 +19,16 @@ def test_library_names_parameter_and_cli_names_flag(tmp_path: Path, capsys: pyte
     data = tmp_path / "t.txt"
     data.write_text("a sentence\nanother one\n")
     code, out, err = run(
-        capsys, "train", "--recipe", "simcse-unsup", "--data", str(data), "-o", str(tmp_path / "o"), "--max-seq-length", "0"
+        capsys,
+        "train",
+        "--recipe",
+        "simcse-unsup",
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "o"),
+        "--max-seq-length",
+        "0",
     )
     assert (code, out, err) == (2, "", "simtool: error: --max-seq-length must be positive, got 0\n")
     assert not (tmp_path / "o").exists()
@@ -27,7 +36,10 @@ def test_library_names_parameter_and_cli_names_flag(tmp_path: Path, capsys: pyte
 
 def test_flag_table_comes_from_the_commands() -> None:
     # Flags from several commands, including ones whose flag differs from the parameter (json_out -> --json).
-    assert flag_text("json_out and on_duplicate='skip' and top_k must") == "--json and --on-duplicate skip and --top-k must"
+    assert (
+        flag_text("json_out and on_duplicate='skip' and top_k must")
+        == "--json and --on-duplicate skip and --top-k must"
+    )
     assert flag_text("unknown recipe 'x'; resume=True: a") == "unknown --recipe 'x'; --resume: a"
 
 
