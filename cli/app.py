@@ -12,6 +12,7 @@ import sys
 import typer
 
 from simtool.cli import data_cmd, export_cmd, long_cmd
+from simtool.cli.common import flag_text, show_library_logs
 from simtool.cli.demo_cmd import demo
 from simtool.cli.encode_cmd import encode
 from simtool.cli.eval_cmd import eval_app
@@ -62,10 +63,11 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     _quiet_libraries()
+    show_library_logs()
     try:
         app(args=argv, prog_name="simtool", standalone_mode=False)
-    except SimtoolError as e:
-        print(f"simtool: error: {e}", file=sys.stderr)
+    except SimtoolError as e:  # the library names Python parameters; the user typed flags
+        print(f"simtool: error: {flag_text(str(e))}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("simtool: aborted", file=sys.stderr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,3 +63,83 @@ def print_hits(query: str, hits: list[Any]) -> None:
         cell = Text.assemble((h.title, "bold"), "\n", snippet) if h.title else Text(snippet)
         table.add_row(str(h.rank), f"{h.score:.4f}", Text(h.id), cell)
     Console().print(table)
+
+
+# How a library message names a parameter that the CLI should show as its flag: an identifier with an
+# underscore (never an English word), ``name=value``, ``unknown name``, or ``name must/needs/applies``.
+# Plain words such as "model" or "output" elsewhere in a message stay as they are.
+_PARAM = re.compile(
+    r"(?P<pre>\bunknown )?(?<![-\w])(?P<name>[a-z][a-z0-9_]*)\b"
+    r"(?:=(?P<value>'[^']*'|\"[^\"]*\"|[^\s,;:)]+)|(?P<verb>(?= (?:must|needs|applies)\b)))?"
+)
+
+
+def param_flags(command: Any) -> dict[str, str]:
+    """Python parameter name -> CLI flag for every option of a click ``command`` and its subcommands (first wins).
+
+    Duck-typed (``.params``, ``.opts``, ``.commands``): typer ships its own copy of click's classes.
+    """
+    table: dict[str, str] = {}
+    stack = [command]
+    while stack:
+        cmd = stack.pop(0)
+        for p in cmd.params:
+            longs = [o for o in p.opts if o.startswith("--")]  # arguments have none
+            if p.name and longs:
+                table.setdefault(p.name, longs[0])
+        stack.extend(getattr(cmd, "commands", {}).values())
+    return table
+
+
+def cli_message(message: str, flags: dict[str, str]) -> str:
+    """Rewrite a library error's parameter names into ``flags``' CLI flags.
+
+    ``batch_size must be positive`` -> ``--batch-size must be positive``; ``on_duplicate='skip'`` ->
+    ``--on-duplicate skip``; ``resume=True`` -> ``--resume``.
+    """
+
+    def swap(m: re.Match[str]) -> str:
+        name, value = m["name"], m["value"]
+        flag = flags.get(name)
+        if flag is None or not ("_" in name or value is not None or m["pre"] or m["verb"] is not None):
+            return m[0]
+        if value is None:
+            return (m["pre"] or "") + flag
+        if value in ("True", "None"):
+            return (m["pre"] or "") + flag
+        return f"{m['pre'] or ''}{flag} {value.strip(chr(39) + chr(34))}"
+
+    return _PARAM.sub(swap, message)
+
+
+def flag_text(message: str) -> str:
+    """``cli_message`` with the flags of the whole ``simtool`` app: the one place errors get their flags."""
+    from simtool.cli.app import app  # lazily: app imports this module
+
+    return cli_message(message, param_flags(typer.main.get_command(app)))
+
+
+class _StderrHandler(logging.Handler):
+    """The library's warnings, and training's progress lines, on the terminal above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        if record.levelno < logging.WARNING and record.name != _TRAINING:
+            return
+        prefix = "simtool: " if record.levelno >= logging.WARNING else ""
+        # tqdm.write clears and redraws a live bar; sys.stderr looked up now, not at set-up (captured streams)
+        tqdm.write(prefix + record.getMessage(), file=sys.stderr)
+
+
+_TRAINING = "simtool.training.loop"
+
+
+def show_library_logs() -> None:
+    """Route ``simtool`` warnings and training's eval lines to stderr; idempotent, sets no level on ``simtool``."""
+    lib = logging.getLogger("simtool")
+    if not any(isinstance(h, _StderrHandler) for h in lib.handlers):
+        lib.addHandler(_StderrHandler())
+    training = logging.getLogger(_TRAINING)
+    if training.level == logging.NOTSET:
+        training.setLevel(logging.INFO)

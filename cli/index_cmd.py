@@ -212,18 +212,13 @@ def index_add(
             )
         return
     docs = _read_all(fields, corpus)
-    try:
-        result = index.write(
-            docs,
-            on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
-            batch_size=batch_size,
-            progress=not json_out,
-            source=", ".join(map(str, corpus)),
-        )
-    except SimtoolError as e:
-        raise SimtoolError(
-            str(e).replace("pass on_duplicate='skip'", "pass --on-duplicate skip").replace("or 'replace'", "or replace")
-        ) from None
+    result = index.write(
+        docs,
+        on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
+        batch_size=batch_size,
+        progress=not json_out,
+        source=", ".join(map(str, corpus)),
+    )
     count = index.manifest.count
     report = {
         "added": result.added,

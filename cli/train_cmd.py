@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from simtool.cli.common import flag_text
 from simtool.errors import SimtoolError
 
 
@@ -151,7 +152,7 @@ def train(
     try:
         result = run_training(config, evaluate=evaluate, progress=not json_out)
     except TrainingInterrupted as e:
-        print(f"simtool: {e}", file=sys.stderr)
+        print(f"simtool: {flag_text(str(e))}", file=sys.stderr)
         raise SystemExit(130) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports for all processes

@@ -210,7 +210,7 @@ def evaluate_retrieval(
     ``qrels_queries_missing``), not errors.
     """
     if top_k < 10:
-        raise SimtoolError(f"--top-k must be at least 10 (the main score is nDCG@10), got {top_k}")
+        raise SimtoolError(f"top_k must be at least 10 (the main score is nDCG@10), got {top_k}")
     started = time.perf_counter()
     data = load_beir(beir_dir, split)
     with tempfile.TemporaryDirectory(prefix="simtool-eval-") as tmp:
@@ -241,7 +241,7 @@ def _index_for(
     if index_dir is not None and (Path(index_dir) / MANIFEST_NAME).exists():
         target = Path(index_dir)
         if factory is not None:
-            raise SimtoolError(f"{target}: holds an index already; --factory applies only when building a new one")
+            raise SimtoolError(f"{target}: holds an index already; factory applies only when building a new one")
         if model is not None:
             from simtool.encoder import load_encoder
 

@@ -199,7 +199,7 @@ def suite_tasks(name: str, data_root: str | Path) -> list[SuiteTask]:
     if name not in SUITES:
         raise SimtoolError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     if not root.is_dir():
-        raise SimtoolError(f"--data-root {root}: no such directory")
+        raise SimtoolError(f"data_root={str(root)!r}: no such directory")
     if name == "en-sts":
         tasks = [
             SuiteTask("STSBenchmark", "sts", _first(root, ["stsb/original", "stsb", "STSBenchmark"], _stsb_finder))
@@ -250,13 +250,13 @@ def load_reference(path: str | Path) -> dict[str, float]:
     if path.is_dir():
         files = sorted(p for p in path.glob("*.json") if p.name != "model_meta.json")
         if not files:
-            raise SimtoolError(f"--reference {path}: no MTEB result .json files in this directory")
+            raise SimtoolError(f"reference={str(path)!r}: no MTEB result .json files in this directory")
         out: dict[str, float] = {}
         for f in files:
             out.update(_read_mteb_json(f))
         return out
     if not path.is_file():
-        raise SimtoolError(f"--reference {path}: no such file or directory")
+        raise SimtoolError(f"reference={str(path)!r}: no such file or directory")
     if path.suffix.lower() in (".tsv", ".txt"):
         return _read_reference_tsv(path)
     return _read_mteb_json(path)

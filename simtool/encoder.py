@@ -140,7 +140,7 @@ def _load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
 def _replace_pooling(model: SentenceTransformer, mode: str) -> None:
     idx = next((i for i, m in enumerate(model) if isinstance(m, (Pooling, LayerPooling))), None)
     if idx is None:
-        raise SimtoolError("this model has no pooling module to replace; load it without --pooling")
+        raise SimtoolError("this model has no pooling module to replace; leave pooling unset")
     transformer = model[0]
     if not isinstance(transformer, Transformer):
         raise SimtoolError("pooling can only be set on transformer-based models")
@@ -177,7 +177,7 @@ def encode_texts(
 ) -> np.ndarray:
     """Encode texts; returns ``(len(texts), dim)`` float32 in input order."""
     if batch_size <= 0:
-        raise SimtoolError(f"--batch-size must be positive, got {batch_size}")
+        raise SimtoolError(f"batch_size must be positive, got {batch_size}")
     if not texts:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
     out = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=progress)

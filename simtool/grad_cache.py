@@ -223,21 +223,19 @@ def check_batch_sizes(batch_size: int, mini_batch_size: int | None, world_size: 
     memory bound simple and make a wrong setting visible instead of silently changing the cost.
     """
     if batch_size <= 0:
-        raise SimtoolError(f"--batch-size must be positive, got {batch_size}")
+        raise SimtoolError(f"batch_size must be positive, got {batch_size}")
     if batch_size % world_size:
-        raise SimtoolError(f"--batch-size {batch_size} is not divisible by the {world_size} processes")
+        raise SimtoolError(f"batch_size={batch_size} is not divisible by the {world_size} processes")
     local = batch_size // world_size
     if mini_batch_size is None:
         return local
     if mini_batch_size <= 0:
-        raise SimtoolError(f"--mini-batch-size must be positive, got {mini_batch_size}")
+        raise SimtoolError(f"mini_batch_size must be positive, got {mini_batch_size}")
     if mini_batch_size > local:
         where = f" per process ({batch_size} over {world_size})" if world_size > 1 else ""
-        raise SimtoolError(f"--mini-batch-size {mini_batch_size} is larger than the batch of {local}{where}")
+        raise SimtoolError(f"mini_batch_size={mini_batch_size} is larger than the batch of {local}{where}")
     if local % mini_batch_size:
-        raise SimtoolError(
-            f"--batch-size {local} (per process) is not a multiple of --mini-batch-size {mini_batch_size}"
-        )
+        raise SimtoolError(f"batch_size={local} (per process) is not a multiple of mini_batch_size={mini_batch_size}")
     return local
 
 

@@ -332,7 +332,7 @@ class Index:
                 first = next(d.id for d in docs if d.id in existing)
                 raise DuplicateIdError(
                     f"{source}: {len(existing)} id(s) already in the index (first: {first!r}); "
-                    "pass on_duplicate='skip' to keep them or 'replace' to upsert"
+                    "pass on_duplicate='skip' to keep them or on_duplicate='replace' to upsert"
                 )
             skipped = 0
             if on_duplicate == "skip":

@@ -215,7 +215,7 @@ def load_roformer_sim(path: str | os.PathLike[str], device: str | None = None) -
     model = load_encoder(path, device=device)
     head = next((m for m in model if isinstance(m, UniLMHead)), None)
     if head is None:
-        raise SimtoolError(f"{path}: not a RoFormer-Sim model (no LM head); train one with --recipe roformer-sim")
+        raise SimtoolError(f"{path}: not a RoFormer-Sim model (no LM head); train one with recipe='roformer-sim'")
     head.on_model_ready(model)
     return model
 

@@ -34,7 +34,7 @@ def _faiss() -> Any:
 def faiss_metric(metric: str) -> int:
     faiss = _faiss()
     if metric not in METRICS:
-        raise SimtoolError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
 
 
@@ -86,7 +86,7 @@ def new_faiss_index(factory: str, dim: int, metric: str) -> Any:
         return faiss.index_factory(dim, factory, faiss_metric(metric))
     except RuntimeError as e:
         reason = str(e).strip().rsplit(": ", 1)[-1] or "invalid"
-        raise SimtoolError(f"unknown or invalid --factory {factory!r} for dim {dim}: {reason}") from None
+        raise SimtoolError(f"factory={factory!r} is unknown or invalid for dim {dim}: {reason}") from None
 
 
 def training_sample_size(index: Any) -> int:

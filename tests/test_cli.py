@@ -180,7 +180,7 @@ def test_bad_search_and_index_arguments(
             "--factory",
             "IVFX,Nope",
         ),
-        r"unknown or invalid --factory",
+        r"--factory IVFX,Nope is unknown or invalid",
     )
     _one_line_error(
         *run(

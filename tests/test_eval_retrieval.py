@@ -102,7 +102,7 @@ def test_existing_index_dir_is_reused_and_checked(
     again = evaluate_retrieval(beir, index_dir=idx, top_k=TOP_K)
     assert again.info["index_built"] is False
     assert again.scores == first.scores == flat_result.scores
-    with pytest.raises(SimtoolError, match="--factory applies only when building"):
+    with pytest.raises(SimtoolError, match="factory applies only when building"):
         evaluate_retrieval(beir, index_dir=idx, factory="HNSW8,Flat")
     with pytest.raises(SimtoolError, match="fingerprint"):
         evaluate_retrieval(beir, index_dir=idx, model=load_encoder(tiny_bert, pooling="cls", device="cpu"))
@@ -154,7 +154,7 @@ def test_ignore_identical_ids(tiny_model: SentenceTransformer, tmp_path: Path) -
 
 
 def test_top_k_below_10_is_refused(beir: Path) -> None:
-    with pytest.raises(SimtoolError, match="--top-k must be at least 10"):
+    with pytest.raises(SimtoolError, match="top_k must be at least 10"):
         evaluate_retrieval(beir, top_k=5)
 
 
@@ -182,7 +182,7 @@ def test_cli_json_and_text(capsys: pytest.CaptureFixture[str], tiny_st: Path, be
     [
         (["--split", "dev"], "qrels/dev.tsv: no such qrels file (splits here: test)"),
         (["--top-k", "3"], "--top-k must be at least 10"),
-        (["--factory", "Bogus99"], "unknown or invalid --factory 'Bogus99'"),
+        (["--factory", "Bogus99"], "--factory Bogus99 is unknown or invalid"),
         (["--nprobe", "0"], "--nprobe must be positive"),
     ],
 )

@@ -103,9 +103,9 @@ def test_save_and_load_through_safetensors(tmp_path: Path) -> None:
 
 def test_bad_inputs() -> None:
     x = _data(n=200)
-    with pytest.raises(SimtoolError, match="--dim 30 is larger than the vectors' dimension 24"):
+    with pytest.raises(SimtoolError, match="dim=30 is larger than the vectors' dimension 24"):
         Whitening(30).fit(x)
-    with pytest.raises(SimtoolError, match=r"--dim 20 exceeds the rank 9 of the fitting data \(10 vectors\)"):
+    with pytest.raises(SimtoolError, match=r"dim=20 exceeds the rank 9 of the fitting data \(10 vectors\)"):
         Whitening(20, 0.5).fit(x[:10])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -120,7 +120,7 @@ def test_bad_inputs() -> None:
         MeanCovariance().update(bad)
     with pytest.raises(SimtoolError, match="needs a dev set"):
         Whitening(8, "auto").fit(x)
-    with pytest.raises(SimtoolError, match="--dim 30 is larger"):
+    with pytest.raises(SimtoolError, match="dim=30 is larger"):
         RandomProjection(30).fit(24)
 
 

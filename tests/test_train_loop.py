@@ -272,5 +272,5 @@ def test_existing_output_needs_resume(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 2 and "pass --resume" in err
     code, _, err = run(capsys, "train", "--recipe", "simcse-unsup", "--data", str(data), "-o", str(out), "--resume")
     assert code == 2 and "no checkpoint to resume from" in err
-    with pytest.raises(SimtoolError, match="--distill-weight needs --teacher"):
+    with pytest.raises(SimtoolError, match="distill_weight needs teacher=MODEL"):
         TrainConfig(recipe="simcse-unsup", data="x", output="y", distill_weight=1.0).validate()

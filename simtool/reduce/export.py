@@ -50,7 +50,7 @@ def export_reduced_model(model: SentenceTransformer, reducer: LinearReducer, out
     """Write the reduced model to ``output`` atomically (staged beside it, then swapped in)."""
     target = Path(output)
     if target.exists() and not (target / "modules.json").exists() and any(target.iterdir()):
-        raise SimtoolError(f"{target}: exists and is not a model directory; choose another --output")
+        raise SimtoolError(f"{target}: exists and is not a model directory; choose another output directory")
     staging = staging_dir_for(target)
     try:
         reduced_model(model, reducer).save(str(staging))

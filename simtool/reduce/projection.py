@@ -37,7 +37,7 @@ class RandomProjection(LinearReducer):
 
         d = vectors_or_dim if isinstance(vectors_or_dim, int) else int(np.shape(vectors_or_dim)[1])
         if self.dim > d:
-            raise SimtoolError(f"--dim {self.dim} is larger than the vectors' dimension {d}")
+            raise SimtoolError(f"dim={self.dim} is larger than the vectors' dimension {d}")
         cls = GaussianRandomProjection if self.distribution == "gaussian" else SparseRandomProjection
         # Only the shape of the data matters to the fit; the matrix depends on (d, k, seed) alone.
         proj = cls(n_components=self.dim, random_state=self.seed).fit(np.zeros((1, d), dtype=np.float32))

@@ -138,10 +138,10 @@ class Whitening(LinearReducer):
         self.source_fingerprint = source_fingerprint
         d = len(self.mean_)
         if isinstance(self.dim, int) and self.dim > d:
-            raise SimtoolError(f"--dim {self.dim} is larger than the vectors' dimension {d}")
+            raise SimtoolError(f"dim={self.dim} is larger than the vectors' dimension {d}")
         auto = self.dim == "auto" or self.power == "auto"
         if auto and tune is None:
-            raise SimtoolError("dim or power 'auto' needs a dev set to tune on (--tune-on)")
+            raise SimtoolError("dim or power 'auto' needs tune=(emb1, emb2, gold), a dev set to tune on")
         if auto:
             assert tune is not None
             self.dim_, self.power_ = self._tune(*tune)
@@ -157,8 +157,8 @@ class Whitening(LinearReducer):
             return
         if self.eps == 0 and self.power_ > 0:
             raise SimtoolError(
-                f"--dim {k} exceeds the rank {rank} of the fitting data ({self.n_samples_} vectors); "
-                "lower --dim, fit on more vectors, or regularise with --eps (e.g. 1e-8)"
+                f"dim={k} exceeds the rank {rank} of the fitting data ({self.n_samples_} vectors); "
+                "lower dim, fit on more vectors, or regularise with eps=1e-8"
             )
         warnings.warn(f"dim {k} exceeds the data's rank {rank}; the extra directions are noise", stacklevel=3)
 

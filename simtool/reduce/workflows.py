@@ -57,7 +57,7 @@ def projection_dim(dim: int | str, n_vectors: int, model_dim: int) -> int:
         try:
             return int(dim)
         except ValueError:
-            raise SimtoolError(f"--dim must be an integer or 'auto', got {dim!r}") from None
+            raise SimtoolError(f"dim must be an integer or 'auto', got {dim!r}") from None
     k = entropy_dim(max(n_vectors, 2))
     if k >= model_dim:
         raise SimtoolError(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -52,6 +53,8 @@ from simtool.training.recipes import RECIPES, get_recipe
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ACCUMULATION = ("exact", "naive")
 STATE_FILE = "trainer_state.pt"
+
+log = logging.getLogger(__name__)
 
 # Options that may differ between a run and its --resume without changing the computation's meaning.
 RESUME_MAY_CHANGE = frozenset(
@@ -108,35 +111,35 @@ class TrainConfig:
     def validate(self) -> None:
         """Reject impossible settings with a one-line :class:`SimtoolError` naming the option."""
         if self.recipe not in RECIPES:
-            raise SimtoolError(f"unknown --recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+            raise SimtoolError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.precision not in PRECISIONS:
-            raise SimtoolError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise SimtoolError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.accumulation not in ACCUMULATION:
-            raise SimtoolError(f"unknown --accumulation {self.accumulation!r}; choose exact or naive")
+            raise SimtoolError(f"unknown accumulation {self.accumulation!r}; choose exact or naive")
         positive = {
-            "--epochs": self.epochs,
-            "--lr": self.lr,
-            "--scale": self.scale,
-            "--max-seq-length": self.max_seq_length,
-            "--save-steps": self.save_steps,
-            "--save-total-limit": self.save_total_limit,
-            "--eval-steps": self.eval_steps,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "scale": self.scale,
+            "max_seq_length": self.max_seq_length,
+            "save_steps": self.save_steps,
+            "save_total_limit": self.save_total_limit,
+            "eval_steps": self.eval_steps,
         }
         if self.max_steps is not None:
-            positive["--max-steps"] = self.max_steps
+            positive["max_steps"] = self.max_steps
         for name, value in positive.items():
             if not value > 0:
                 raise SimtoolError(f"{name} must be positive, got {value}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise SimtoolError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise SimtoolError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise SimtoolError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise SimtoolError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         for name, value in (
-            ("--weight-decay", self.weight_decay),
-            ("--max-grad-norm", self.max_grad_norm),
-            ("--hard-negative-weight", self.hard_negative_weight),
-            ("--distill-weight", self.distill_weight),
-            ("--shuffle-buffer", self.shuffle_buffer),
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+            ("hard_negative_weight", self.hard_negative_weight),
+            ("distill_weight", self.distill_weight),
+            ("shuffle_buffer", self.shuffle_buffer),
         ):
             if value < 0:
                 raise SimtoolError(f"{name} must be >= 0, got {value}")
@@ -148,15 +151,15 @@ class TrainConfig:
             except SimtoolError:
                 budget = 0
             if budget <= 0:
-                raise SimtoolError(f"--global-shuffle must be a size such as 1GiB, got {self.global_shuffle!r}")
+                raise SimtoolError(f"global_shuffle must be a size such as 1GiB, got {self.global_shuffle!r}")
         if not -1.0 < self.margin < 2.0:
-            raise SimtoolError(f"--margin must be in (-1, 2) (a cosine offset), got {self.margin}")
+            raise SimtoolError(f"margin must be in (-1, 2) (a cosine offset), got {self.margin}")
         if self.distill_weight > 0 and not self.teacher:
-            raise SimtoolError("--distill-weight needs --teacher MODEL")
+            raise SimtoolError("distill_weight needs teacher=MODEL (a model to distil from)")
         if self.pooling is not None and self.pooling not in ("cls", "mean", "max", "last-avg", "first-last-avg"):
-            raise SimtoolError(f"unknown --pooling {self.pooling!r}; choose cls or mean (or max, first-last-avg)")
+            raise SimtoolError(f"unknown pooling {self.pooling!r}; choose cls or mean (or max, first-last-avg)")
         if self.accumulation == "naive" and self.mini_batch_size is None:
-            raise SimtoolError("--accumulation naive needs --mini-batch-size (the size of each naive chunk)")
+            raise SimtoolError("accumulation='naive' needs mini_batch_size (the size of each naive chunk)")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -356,7 +359,7 @@ class _StopFlag:
                 if self.requested:  # a second Ctrl-C stops at once
                     raise KeyboardInterrupt
                 self.requested = True
-                print("\nsimtool: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+                log.warning("stopping after this step (Ctrl-C again to abort)")
 
             signal.signal(signal.SIGINT, handler)
         return self
@@ -373,15 +376,15 @@ def _to_device(features: dict[str, Any], device: torch.device) -> dict[str, Any]
 def _check_output(config: TrainConfig, output: Path) -> Path | None:
     """The checkpoint to resume from (None: fresh start); refuse to train over an existing run."""
     if output.exists() and not output.is_dir():
-        raise SimtoolError(f"--output {output} exists and is not a directory")
+        raise SimtoolError(f"output={str(output)!r} exists and is not a directory")
     if config.resume:
         checkpoint = latest_checkpoint(output)
         if checkpoint is None and output.is_dir() and any(output.iterdir()):
-            raise SimtoolError(f"--resume: {output} has no checkpoint to resume from")
+            raise SimtoolError(f"resume=True: {output} has no checkpoint to resume from")
         return checkpoint
     if output.is_dir() and any(output.iterdir()):
         raise SimtoolError(
-            f"--output {output} already exists and is not empty; pass --resume to continue its training "
+            f"output={str(output)!r} already exists and is not empty; pass resume=True to continue its training "
             "or choose another directory"
         )
     return None
@@ -392,7 +395,7 @@ def _check_resume_config(config: TrainConfig, saved: dict[str, Any], checkpoint:
     differing = [k for k, v in saved.items() if k not in RESUME_MAY_CHANGE and current.get(k) != v]
     if differing:
         detail = ", ".join(f"--{k.replace('_', '-')} {current.get(k)!r} (checkpoint: {saved[k]!r})" for k in differing)
-        raise SimtoolError(f"--resume from {checkpoint} must use the same settings; differing: {detail}")
+        raise SimtoolError(f"resume=True: {checkpoint} was trained with other settings; differing: {detail}")
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -465,7 +468,7 @@ class _Run:
         self.columns, n_rows = scan_training_file(self.data, config.recipe)
         if n_rows < config.batch_size:
             raise SimtoolError(
-                f"{self.data}: {n_rows} training rows, fewer than one batch (--batch-size {config.batch_size})"
+                f"{self.data}: {n_rows} training rows, fewer than one batch (batch_size={config.batch_size})"
             )
         checkpoint = _check_output(config, self.output)
         _barrier(self.world)  # every process has checked the directory before rank 0 writes into it
@@ -475,12 +478,12 @@ class _Run:
             _check_resume_config(config, state["config"], checkpoint)
             if state["world_size"] != self.world:
                 raise SimtoolError(
-                    f"--resume: {checkpoint} was written by {state['world_size']} processes, not {self.world}"
+                    f"resume=True: {checkpoint} was written by {state['world_size']} processes, not {self.world}"
                 )
 
         self.dtype = autocast_dtype(config.precision, self.device)
         if self.dtype == torch.float16 and self.device.type != "cuda":
-            raise SimtoolError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+            raise SimtoolError("precision='fp16' needs a CUDA device; use bf16 or fp32 on CPU")
         self.recipe = get_recipe(config.recipe)
         if self.recipe.build_model is not None:
             self.model = self.recipe.build_model(str(checkpoint) if checkpoint else config.model, str(self.device))
@@ -543,11 +546,11 @@ class _Run:
         self.last_loss = float(state["loss"])
         self.resumed_from = self.last_saved = self.step
         set_rng_state(state["rng"][self.rank], self.device)
-        log = self.output / "train_log.jsonl"
-        if self.rank == 0 and log.exists():
+        log_path = self.output / "train_log.jsonl"
+        if self.rank == 0 and log_path.exists():
             # Steps after the checkpoint are trained again: drop their old lines.
-            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            with atomic_open(log, "w") as f:
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            with atomic_open(log_path, "w") as f:
                 f.write("".join(line + "\n" for line in kept))
 
     def run(self) -> TrainResult:
@@ -640,7 +643,7 @@ class _Run:
             self.batch_in_epoch = index
             self._save_checkpoint(rng_at_start)
             where = checkpoints_dir(self.output) / f"step-{self.step:08d}"
-            raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint {where}; continue with --resume")
+            raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint {where}; continue with resume=True")
         if not math.isfinite(mean_loss):
             good = latest_checkpoint(self.output)
             kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
@@ -745,10 +748,7 @@ class _Run:
             best = {"best.json": {"step": self.step, "score": score}}
             self._save_model(checkpoints_dir(self.output) / "best", best)
         if self.progress:
-            print(
-                f"step {self.step}: eval {score:.2f} (best {self.best_score:.2f} at step {self.best_step})",
-                file=sys.stderr,
-            )
+            log.info("step %d: eval %.2f (best %.2f at step %d)", self.step, score, self.best_score, self.best_step)
 
     def _finish(self) -> TrainResult:
         result = TrainResult(
