@@ -181,7 +181,7 @@ def test_missing_index_and_bad_build_inputs(tmp_path: Path, small_corpus: Path, 
     with pytest.raises(IndexDirError, match="not a simtool index"):
         index_info(tmp_path / "plain")
     target = tmp_path / "never"
-    with pytest.raises(SimtoolError, match="factory=.* is unknown or invalid"):
+    with pytest.raises(SimtoolError, match=r"factory=.* is unknown or invalid"):
         build_index(small_corpus, target, model=str(tiny_st), factory="Nope", progress=False)
     with pytest.raises(CorpusError, match="duplicate id"):
         build_index(
