@@ -118,7 +118,7 @@ def test_bad_inputs() -> None:
     bad[137, 3] = np.inf
     with pytest.raises(SimtoolError, match="row 137"):
         MeanCovariance().update(bad)
-    with pytest.raises(SimtoolError, match="needs tune=.*a dev set"):
+    with pytest.raises(SimtoolError, match=r"needs tune=.*a dev set"):
         Whitening(8, "auto").fit(x)
     with pytest.raises(SimtoolError, match="dim=30 is larger"):
         RandomProjection(30).fit(24)

@@ -218,6 +218,22 @@ def _corpus_datasource(paths: Sequence[Path], fields: dict[str, str | None], blo
     return CorpusDatasource()
 
 
+def corpus_dataset(
+    paths: Sequence[str | Path], options: RayOptions, fields: dict[str, str | None] | None = None
+) -> ray.data.Dataset:
+    """:func:`ray_dataset` on the cluster ``options`` names, one block per ``options.batch_size`` rows;
+    ``fields``: ``{"text", "id", "title"}`` column names (missing or None: the format's defaults)."""
+    init_ray(options)
+    fields = fields or {}
+    return ray_dataset(
+        paths,
+        text_field=fields.get("text"),
+        id_field=fields.get("id"),
+        title_field=fields.get("title"),
+        block_rows=options.batch_size,
+    )
+
+
 def ray_dataset(
     paths: Sequence[str | Path],
     *,
@@ -340,15 +356,7 @@ def encode_file_ray(
     """
     from simtool.encoder import ids_path_for, progress_bar
 
-    init_ray(options)
-    fields = fields or {}
-    ds = ray_dataset(
-        paths,
-        text_field=fields.get("text"),
-        id_field=fields.get("id"),
-        title_field=fields.get("title"),
-        block_rows=options.batch_size,
-    )
+    ds = corpus_dataset(paths, options, fields)
     encoded = encoded_dataset(ds, model, pooling, max_seq_length, options=options, batch_size=batch_size)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

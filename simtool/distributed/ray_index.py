@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from simtool.corpus import Document
-from simtool.distributed.ray_encode import RayOptions, actor_plan, encoded_dataset, init_ray, ray_dataset
+from simtool.distributed.ray_encode import RayOptions, actor_plan, corpus_dataset, encoded_dataset
 from simtool.errors import CorpusError, SimtoolError
 from simtool.index import EncodedPart, Index, OnDuplicate, build_index, model_info
 from simtool.manifest import ModelInfo
@@ -38,15 +38,7 @@ def encode_parts_ray(
     from simtool.encoder import POOLINGS
 
     options = options or RayOptions()
-    init_ray(options)
-    fields = fields or {}
-    ds = ray_dataset(
-        paths,
-        text_field=fields.get("text"),
-        id_field=fields.get("id"),
-        title_field=fields.get("title"),
-        block_rows=options.batch_size,
-    )
+    ds = corpus_dataset(paths, options, fields)
     pooling = model.pooling if model.pooling in POOLINGS else None
     encoded = encoded_dataset(
         ds,
