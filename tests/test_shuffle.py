@@ -196,8 +196,11 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_removes_temp_files_and_writes_no_output(tmp_path: Path, sig: int) -> None:
     """Ctrl-C (or SIGTERM) in the middle of the merge: no temp dir, no output, no half file."""
+    # A shell's background job ignores SIGINT and its children inherit that (CI may run so): give the
+    # child Python's own Ctrl-C handler back, as an interactive terminal would.
     code = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from simtool.shuffle import shuffle_lines\n"
         "lines = (b'%d\\n' % i for i in range(200000))\n"
         "for i, _ in enumerate(shuffle_lines(lines, memory=65536, tmp_dir=sys.argv[1])):\n"
