@@ -23,13 +23,41 @@ Pooling = Annotated[
     str | None,
     typer.Option("--pooling", help="cls, mean, max, last-avg or first-last-avg \\[default: the model's]."),
 ]
+
+
+def _check_backend(value: str) -> str:
+    """Reject an unknown ``--backend`` at parse time, before any corpus is read or model loaded."""
+    from simtool.backends import backend_names
+    from simtool.errors import SimtoolError
+
+    if value not in backend_names():
+        # `search --backend` named the search engine before issue 16 made it the encode backend everywhere
+        hint = f"; the search engine is --search-backend {value}" if value == "faiss" else ""
+        raise SimtoolError(f"unknown --backend {value!r}; choose one of {', '.join(backend_names())}{hint}")
+    return value
+
+
+# The one encode-backend option of every command that encodes; SIMTOOL_BACKEND sets its default.
 EncodeBackend = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="Encode backend: auto, torch, torch-bf16, openvino, openvino-bf16 or openvino-int8 (see README).",
+        envvar="SIMTOOL_BACKEND",
+        callback=_check_backend,
+        help="Encode backend: auto, torch, torch-bf16, openvino, openvino-bf16 or openvino-int8 (README "
+        "'Encode backends'); on an existing index, within its tolerance.",
     ),
 ]
+
+
+def check_ray_backend(backend: str) -> None:
+    """Ray actors encode with fp32 torch: ``auto`` and ``torch`` mean that; any other backend is refused."""
+    if backend not in ("auto", "torch"):
+        from simtool.errors import SimtoolError
+
+        raise SimtoolError(f"--backend {backend} is not supported with --ray yet; Ray actors encode with torch")
+
+
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object (quiet, for scripts).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per encoder forward pass.")]
 TextColumn = Annotated[str | None, typer.Option("--text-column", help="Field holding the text \\[default: text].")]

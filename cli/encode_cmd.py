@@ -17,6 +17,7 @@ from simtool.cli.common import (
     Pooling,
     TextColumn,
     TitleColumn,
+    check_ray_backend,
     corpus_fields,
     emit,
 )
@@ -50,9 +51,7 @@ def encode(
     if ray is not None:
         from simtool.errors import SimtoolError
 
-        if backend != "auto":
-            # Ray actors load the torch encoder; refusing beats silently encoding with another backend.
-            raise SimtoolError(f"--backend {backend} is not supported with --ray yet; Ray actors encode with torch")
+        check_ray_backend(backend)  # refusing beats silently encoding with another backend
         if long_text != "truncate":
             # Ray actors encode whole texts; chunk rows would need the chunk -> id bookkeeping on every worker
             raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")

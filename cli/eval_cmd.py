@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from simtool.cli.common import BatchSize, Json, Model, Pooling, emit
+from simtool.cli.common import BatchSize, EncodeBackend, Json, Model, Pooling, emit
 
 eval_app = typer.Typer(
     help="Score an encoder on STS and retrieval datasets, exactly as MTEB scores them.", no_args_is_help=True
@@ -27,7 +27,10 @@ def _fmt(x: Any) -> str:
 
 def _print_sts(result: Any) -> None:
     s = result.scores
-    typer.echo(f"{result.task}  split {result.split}  {result.n} pairs  ({result.info.get('path', '')})")
+    backend = result.info.get("encode_backend", {}).get("name", "?")
+    typer.echo(
+        f"{result.task}  split {result.split}  {result.n} pairs  ({result.info.get('path', '')}, {backend} backend)"
+    )
     typer.echo(f"{'similarity':<12}{'Spearman':>10}{'Pearson':>10}")
     for name in _METRIC_LABELS:
         typer.echo(f"{name:<12}{_fmt(s[f'{name}_spearman']):>10}{_fmt(s[f'{name}_pearson']):>10}")
@@ -62,6 +65,7 @@ def eval_sts(
     sentence1_column: Annotated[str, typer.Option("--sentence1-column", help="pairs: first sentence.")] = "sentence1",
     sentence2_column: Annotated[str, typer.Option("--sentence2-column", help="pairs: second sentence.")] = "sentence2",
     score_column: Annotated[str, typer.Option("--score-column", help="pairs: gold score.")] = "score",
+    backend: EncodeBackend = "auto",
     json_out: Json = False,
 ) -> None:
     """Score sentence-pair similarity: Spearman and Pearson of cosine (main), Euclidean, Manhattan, dot, x100."""
@@ -71,10 +75,10 @@ def eval_sts(
     if batch_size <= 0:
         raise typer.BadParameter(f"must be positive, got {batch_size}", param_hint="--batch-size")
     data = load_sts(path, format, split, columns=PairColumns(sentence1_column, sentence2_column, score_column))
-    encoder = load_encoder(model, pooling)
+    encoder = load_encoder(model, pooling, backend=backend)
     result = evaluate_sts_data(encoder, data, batch_size=batch_size, progress=not json_out)
     if json_out:
-        emit(result.to_json())
+        emit({**result.to_json(), "encode_backend": result.info["encode_backend"]})
     else:
         _print_sts(result)
 
@@ -83,7 +87,8 @@ def _print_retrieval(result: Any) -> None:
     s, info = result.scores, result.info
     typer.echo(
         f"{result.task}  split {result.split}  {result.n} queries  {info['documents']} documents  "
-        f"index {info['factory']} ({info['metric']}, {info['backend']})"
+        f"index {info['factory']} ({info['metric']}, {info['backend']} search, "
+        f"{info['encode_backend']['name']} encode)"
     )
     ks = sorted({int(k.rsplit("_", 1)[1]) for k in s if k.startswith("ndcg_at_")})
     columns = [("pipeline", s)] + ([("flat", s["flat"])] if "flat" in s else [])
@@ -133,6 +138,7 @@ def eval_retrieval(
     ef_search: Annotated[int | None, typer.Option("--ef-search", help="HNSW efSearch \\[default: manifest's].")] = None,
     gpu: Annotated[bool, typer.Option("--gpu/--no-gpu", help="Use faiss GPUs when present.")] = True,
     batch_size: BatchSize = 64,
+    backend: EncodeBackend = "auto",
     json_out: Json = False,
 ) -> None:
     """Score retrieval on a BEIR folder through simtool's index: nDCG@10 (main), MAP, Recall, P @k, MRR@10, x100."""
@@ -144,7 +150,8 @@ def eval_retrieval(
         if value is not None and value <= 0:
             raise SimtoolError(f"{name} must be positive, got {value}")
     load_beir(beir_dir, split)  # fail on a bad folder before loading a model
-    encoder = load_encoder(model, pooling) if model is not None or pooling is not None else None
+    named = model is not None or pooling is not None
+    encoder = load_encoder(model, pooling, backend=backend) if named else None
     params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
     result = evaluate_retrieval(
         beir_dir,
@@ -159,9 +166,10 @@ def eval_retrieval(
         search_params=params or None,
         gpu=gpu,
         progress=not json_out,
+        backend=backend,
     )
     if json_out:
-        emit(result.to_json())
+        emit({**result.to_json(), "encode_backend": result.info["encode_backend"]})
     else:
         _print_retrieval(result)
         _missing_warnings(result)
@@ -182,6 +190,7 @@ def eval_suite(
         typer.Option("--output-dir", help="Where report.md and report.json go \\[default: $SIMTOOL_HOME/evals/NAME]."),
     ] = None,
     batch_size: BatchSize = 64,
+    backend: EncodeBackend = "auto",
     json_out: Json = False,
 ) -> None:
     """Run a named suite over whatever of its datasets exist under --data-root; write markdown + JSON reports."""
@@ -216,6 +225,7 @@ def eval_suite(
         progress=not json_out,
         on_result=on_result,
         on_skip=on_skip,
+        backend=backend,
     )
     report_box.append(report)
     md, js = report.write(output_dir or default_output_dir(name))

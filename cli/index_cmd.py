@@ -12,6 +12,7 @@ import typer
 
 from simtool.cli.common import (
     BatchSize,
+    EncodeBackend,
     IdColumn,
     IndexDir,
     Json,
@@ -19,6 +20,7 @@ from simtool.cli.common import (
     Pooling,
     TextColumn,
     TitleColumn,
+    check_ray_backend,
     corpus_fields,
     emit,
 )
@@ -52,6 +54,7 @@ def _print_manifest(info: dict[str, Any]) -> None:
         f"segments   {len(info['segments'])} ({info['deleted']} deleted rows), generation {info['generation']}",
         f"reducers   {', '.join(r.get('kind', '?') for r in info['reducers']) or 'none'}",
         f"long text  {_long_text_line(info.get('long_text') or {})}",
+        f"backend    {_backend_line(info['backend'], info['backend_check'])}",
         f"updated    {info['updated_at']}",
     ]
     if "bytes_on_disk" in info:
@@ -59,6 +62,17 @@ def _print_manifest(info: dict[str, Any]) -> None:
             f"size       {info['bytes_on_disk'] / 2**20:.1f} MiB" + ("  (checksums OK)" if info["verified"] else "")
         )
     typer.echo("\n".join(lines))
+
+
+def _backend_line(built: dict[str, Any], check: dict[str, Any]) -> str:
+    line = f"{built['name']} ({built['precision']}, fingerprint {built['fingerprint'] or '-'}"
+    line += f", max 1 - cos {built['tolerance']:.0e})" if built.get("tolerance") is not None else ")"
+    if built.get("assumed"):
+        line += " [assumed: manifest predates backends]"
+    if check["requested"] is not None:
+        verdict = "within tolerance" if check["within_tolerance"] else "PAST tolerance, refused"
+        line += f"; --backend {check['requested']} -> {check['resolved'] or '-'}: {verdict} ({check['note']})"
+    return line
 
 
 def _long_text_line(spec: dict[str, Any]) -> str:
@@ -91,6 +105,7 @@ def index_build(
     long_text: LongText = "truncate",
     chunk_tokens: ChunkTokens = None,
     chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
+    backend: EncodeBackend = "auto",
     ray: RayAddress = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 0.0,
@@ -106,6 +121,7 @@ def index_build(
     fields = corpus_fields(text_column, id_column, title_column)
     started = time.perf_counter()
     if ray is not None:
+        check_ray_backend(backend)
         if long_text != "truncate":
             # Ray actors encode whole texts; the chunked modes need the tokenizer's windows on every worker
             raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
@@ -142,6 +158,7 @@ def index_build(
             long_text=long_text,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
+            backend=backend,
         )
     info = index_info(index_dir, verify=False)
     if ray is not None:
@@ -172,19 +189,23 @@ def index_add(
     id_column: IdColumn = None,
     title_column: TitleColumn = None,
     lock_timeout: LockTimeout = 30.0,
+    backend: EncodeBackend = "auto",
     ray: RayAddress = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 0.0,
     json_out: Json = False,
 ) -> None:
-    """Add documents to an existing index as one new segment, encoded with the index's own model."""
+    """Add documents to an existing index as one new segment, encoded with the index's own model
+    (and a backend within the index's tolerance)."""
     from simtool.index import Index
 
     if on_duplicate not in ("error", "skip", "replace"):
         raise SimtoolError(f"--on-duplicate must be error, skip or replace, got {on_duplicate!r}")
     check_ray_flags(ray, workers, gpus_per_worker)
+    if ray is not None:
+        check_ray_backend(backend)
     fields = corpus_fields(text_column, id_column, title_column)
-    index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout)
+    index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
     if model is not None:
         from simtool.encoder import load_encoder
         from simtool.index import check_same_model
@@ -211,6 +232,8 @@ def index_add(
                 f"the index holds {count} at generation {done['generation']}"
             )
         return
+    from simtool.backends import backend_info
+
     docs = _read_all(fields, corpus)
     result = index.write(
         docs,
@@ -227,6 +250,7 @@ def index_add(
         "count": count,
         "generation": result.generation,
         "merged_segments": result.merged,
+        "backend": backend_info(index.encoder()),
     }
     if json_out:
         emit(report)
@@ -336,12 +360,14 @@ def index_upgrade(index_dir: Annotated[Path, typer.Argument(help="A format-1 ind
 def index_info_cmd(
     index_dir: IndexDir = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file's sha256.")] = False,
+    backend: EncodeBackend = "auto",
     json_out: Json = False,
 ) -> None:
-    """Describe an index: model, factory, counts, files."""
+    """Describe an index: model, factory, counts, files, the build backend and whether --backend is within its
+    tolerance here."""
     from simtool.index import index_info
 
-    info = index_info(index_dir, verify=verify)
+    info = index_info(index_dir, verify=verify, backend=backend)
     if json_out:
         emit(info)
     else:

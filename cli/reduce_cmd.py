@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from simtool.cli.common import IndexDir, Json, Model, Pooling, emit
+from simtool.cli.common import EncodeBackend, IndexDir, Json, Model, Pooling, emit
 from simtool.errors import SimtoolError
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ def whiten(
     pooling: Pooling = None,
     corpus: Corpus = None,
     output: Output = None,
+    backend: EncodeBackend = "auto",
     json_out: Json = False,
 ) -> None:
     """BERT-whitening: fit (x - mean) U diag(lambda^-power)[:, :dim], then rebuild the index or write a model.
@@ -106,8 +107,8 @@ def whiten(
         from simtool.reduce.workflows import whiten_model
 
         assert corpus is not None and output is not None  # _mode's "model" needs both
-        reducer, out = whiten_model(corpus, output, model=model, pooling=pooling, **tuning)
-        where = {"output": str(out)}
+        reducer, out = whiten_model(corpus, output, model=model, pooling=pooling, **tuning, backend=backend)
+        where = {"output": str(out), "backend": reducer.backend_}
     _report(reducer, {**reducer.config(), **where, "grid": reducer.grid_}, json_out)
 
 

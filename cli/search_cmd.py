@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from simtool.cli.common import BatchSize, IndexDir, Json, emit, print_hits
+from simtool.cli.common import BatchSize, EncodeBackend, IndexDir, Json, emit, print_hits
 from simtool.errors import SimtoolError
 
 
@@ -20,7 +20,10 @@ def search(
     k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.")] = 10,
     nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists to visit \\[default: manifest's].")] = None,
     ef_search: Annotated[int | None, typer.Option("--ef-search", help="HNSW efSearch \\[default: manifest's].")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, faiss or torch (exact).")] = "auto",
+    backend: EncodeBackend = "auto",
+    search_backend: Annotated[
+        str, typer.Option("--search-backend", help="Search engine: auto, faiss or torch (exact).")
+    ] = "auto",
     filter_: Annotated[
         str | None,
         typer.Option(
@@ -39,6 +42,8 @@ def search(
         raise SimtoolError("give either a QUERY argument or --queries FILE")
     if k <= 0:
         raise SimtoolError(f"-k must be positive, got {k}")
+    if search_backend not in ("auto", "faiss", "torch"):
+        raise SimtoolError(f"--search-backend must be auto, faiss or torch, got {search_backend!r}")
     for name, value in (("--nprobe", nprobe), ("--ef-search", ef_search)):
         if value is not None and value <= 0:
             raise SimtoolError(f"{name} must be positive, got {value}")
@@ -51,7 +56,12 @@ def search(
             raise SimtoolError(f"--filter: {e}") from None
     batch = [(None, query)] if query is not None else read_queries(queries)  # type: ignore[arg-type]  # one of the two is set (checked above)
     params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
-    with Retriever.load(index_dir, backend=backend, search_params=params) as retriever:  # type: ignore[arg-type]  # Retriever checks backend
+    with Retriever.load(
+        index_dir,
+        backend=search_backend,  # type: ignore[arg-type]  # one of the literals, checked above
+        search_params=params,
+        encode_backend=backend,
+    ) as retriever:
         results = []
         for start in range(0, len(batch), 1024):
             chunk = batch[start : start + 1024]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from simtool.cli.common import IndexDir, Model
+from simtool.cli.common import EncodeBackend, IndexDir, Model
 
 
 def serve(
@@ -25,6 +25,7 @@ def serve(
     ] = 2.0,
     workers: Annotated[int, typer.Option("--workers", help="Processes, each with its own model.")] = 1,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Pack concurrent requests.")] = True,
+    backend: EncodeBackend = "auto",
 ) -> None:
     """Serve /v1/embeddings (OpenAI-compatible), /v1/models, /health, /metrics and, with --index-dir,
     /v1/search and /v1/documents, until SIGTERM."""
@@ -41,7 +42,11 @@ def serve(
         max_wait_ms=max_wait_ms,
         workers=workers,
         batching=batching,
+        backend=backend,
     )
     config.check()
-    typer.echo(f"simtool serve: http://{host}:{port}/v1 (auth {'on' if config.api_key else 'off'})", err=True)
+    typer.echo(
+        f"simtool serve: http://{host}:{port}/v1 (auth {'on' if config.api_key else 'off'}, --backend {backend})",
+        err=True,
+    )
     run(config)

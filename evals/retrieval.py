@@ -196,6 +196,7 @@ def evaluate_retrieval(
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     gpu: bool = True,
     progress: bool = False,
+    backend: str | None = None,
 ) -> EvalResult:
     """Index a BEIR corpus (or use ``index_dir`` if it already holds an index), search, and score.
 
@@ -207,16 +208,30 @@ def evaluate_retrieval(
     ``compare_flat`` adds ``scores["flat"]``: the same metrics from exact search over the
     index's raw encoder vectors. qrels documents absent from the index and judged queries
     absent from ``queries.jsonl`` are counted in ``scores`` (``qrels_docs_missing``,
-    ``qrels_queries_missing``), not errors.
+    ``qrels_queries_missing``), not errors. ``backend``: the encode backend when ``model`` is a name
+    (``None``: ``torch``) and for the queries of an existing index (``None``: the index's own; see
+    :mod:`simtool.backends.compat`); ``info["encode_backend"]`` records the one that encoded the queries.
     """
     if top_k < 10:
         raise SimtoolError(f"top_k must be at least 10 (the main score is nDCG@10), got {top_k}")
     started = time.perf_counter()
     data = load_beir(beir_dir, split)
     with tempfile.TemporaryDirectory(prefix="simtool-eval-") as tmp:
-        target, built = _index_for(data, index_dir, Path(tmp) / "index", model, factory, batch_size, gpu, progress)
+        target, built = _index_for(
+            data, index_dir, Path(tmp) / "index", model, factory, batch_size, gpu, progress, backend
+        )
+        query_backend = None if built else backend  # a fresh index: queries exactly as its documents
         result = _search_and_score(
-            data, target, top_k, ignore_identical_ids, compare_flat, batch_size, search_params, k_values, gpu
+            data,
+            target,
+            top_k,
+            ignore_identical_ids,
+            compare_flat,
+            batch_size,
+            search_params,
+            k_values,
+            gpu,
+            query_backend,
         )
     result.info.update(index_built=built, seconds=time.perf_counter() - started)
     if index_dir is not None:
@@ -233,6 +248,7 @@ def _index_for(
     batch_size: int,
     gpu: bool,
     progress: bool,
+    backend: str | None = None,
 ) -> tuple[Path, bool]:
     """The index directory to search and whether it was built now."""
     from simtool.index import build_index, check_same_model
@@ -258,6 +274,7 @@ def _index_for(
         gpu=gpu,
         batch_size=batch_size,
         progress=progress,
+        backend=backend or "torch",
     )
     return target, True
 
@@ -272,13 +289,15 @@ def _search_and_score(
     search_params: dict[str, int] | None,
     k_values: Sequence[int],
     gpu: bool,
+    encode_backend: str | None = None,
 ) -> EvalResult:
+    from simtool.backends import backend_info
     from simtool.retriever import Retriever
 
     qids = [q for q in data.qrels if data.queries.get(q, "").strip()]
     texts = [data.queries[q] for q in qids]
     k = top_k + 1 if ignore_identical_ids else top_k
-    with Retriever.load(target, search_params=search_params, gpu=gpu) as retriever:
+    with Retriever.load(target, search_params=search_params, gpu=gpu, encode_backend=encode_backend) as retriever:
         negate = retriever.manifest.metric == "l2"  # the flat ideal's raw squared distances
         hits: list[list[Any]] = []
         for start in range(0, len(texts), QUERY_CHUNK):
@@ -299,6 +318,7 @@ def _search_and_score(
             "search_params": {**manifest.search_params, **(search_params or {})},
             "reducers": manifest.reducers,
             "backend": retriever.backend,
+            "encode_backend": backend_info(retriever.encoder),
             "model": manifest.model.name_or_path,
             "fingerprint": manifest.model.fingerprint,
             "documents": manifest.count,

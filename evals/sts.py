@@ -565,6 +565,11 @@ def evaluate_sts_data(model: Encoder, data: StsData, *, batch_size: int = 64, pr
     model = resolve_model(model)
     emb1, emb2 = encode_pairs(model, data.sentences1, data.sentences2, batch_size=batch_size, progress=progress)
     scores = evaluate_sts_vectors(emb1, emb2, data.scores, data.subsets or None)
+    info: dict[str, Any] = {"format": data.format, "path": str(data.path)}
+    if hasattr(model, "simtool_source"):  # loaded by load_encoder: record what encoded
+        from simtool.backends import backend_info
+
+        info["encode_backend"] = backend_info(model)
     return EvalResult(
         task=data.task,
         split=data.split,
@@ -572,7 +577,7 @@ def evaluate_sts_data(model: Encoder, data: StsData, *, batch_size: int = 64, pr
         main_score=scores[MAIN_METRIC],
         scores=scores,
         main_metric=MAIN_METRIC,
-        info={"format": data.format, "path": str(data.path)},
+        info=info,
     )
 
 

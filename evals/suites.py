@@ -348,11 +348,13 @@ def run_suite(
     progress: bool = False,
     on_result: Callable[[EvalResult], None] | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    backend: str = "torch",
 ) -> SuiteReport:
     """Run every dataset of suite ``name`` found under ``data_root`` with one encoder.
 
     ``model``: ``None``/a name/a path (loaded with ``pooling``) or an encoder from
     :func:`simtool.load_encoder`. ``on_result``/``on_skip`` see each task as it finishes.
+    ``backend``: the encode backend a named ``model`` is loaded with (a loaded one brings its own).
     """
     from simtool.encoder import describe_pooling, load_encoder, model_fingerprint
 
@@ -362,7 +364,8 @@ def run_suite(
     started = time.perf_counter()
     tasks = suite_tasks(name, data_root)
     references = load_reference(reference) if reference is not None else {}
-    encoder = load_encoder(model, pooling) if model is None or isinstance(model, (str, Path)) else model
+    named = model is None or isinstance(model, (str, Path))
+    encoder = load_encoder(model, pooling, backend=backend) if named else model
     report = SuiteReport(
         suite=name,
         data_root=str(Path(data_root).resolve()),

@@ -39,27 +39,43 @@ class Embedder:
 
     @classmethod
     def from_model(
-        cls, model: str | os.PathLike[str] | None = None, *, device: str | None = None, pooling: str | None = None
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        device: str | None = None,
+        pooling: str | None = None,
+        backend: str = "torch",
     ) -> Embedder:
         """A bare model (a directory, a cached hub name or None for all-MiniLM-L6-v2): no reducers."""
         from simtool.encoder import load_encoder
 
-        encoder = load_encoder(model, pooling, device)
+        encoder = load_encoder(model, pooling, device, backend=backend)
         source = str(encoder.simtool_source)
         return cls(encoder, (), name=Path(source).name or source)
 
     @classmethod
-    def from_index(cls, index_dir: str | os.PathLike[str], *, device: str | None = None) -> Embedder:
-        """The encoder that built ``index_dir`` (fingerprint-checked) followed by its reducers, as its queries are."""
+    def from_index(
+        cls, index_dir: str | os.PathLike[str], *, device: str | None = None, backend: str | None = None
+    ) -> Embedder:
+        """The encoder that built ``index_dir`` (fingerprint-checked) followed by its reducers, as its queries are.
+
+        ``backend``: ``None`` (the index's own), ``auto`` or a name within its tolerance
+        (:mod:`simtool.backends.compat`).
+        """
         from simtool.index import load_index_encoder, load_reducers
         from simtool.manifest import Manifest
 
         directory = Path(index_dir)
         manifest = Manifest.load(directory)
         reducers = load_reducers(manifest, directory)
-        encoder = load_index_encoder(manifest, device)
+        encoder = load_index_encoder(manifest, device, backend)
         name = Path(manifest.model.name_or_path).name or manifest.model.name_or_path
         return cls(encoder, reducers, name=name, index_dir=directory)
+
+    @property
+    def backend(self) -> str:
+        """The encode backend ``encode`` runs through (:mod:`simtool.backends`)."""
+        return str(getattr(self.encoder, "simtool_backend", "torch"))
 
     @property
     def dim(self) -> int:

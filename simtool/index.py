@@ -196,13 +196,21 @@ def model_info(encoder: Any) -> ModelInfo:
     )
 
 
-def load_index_encoder(manifest: Manifest, device: str | None = None) -> Any:
-    """The encoder that built the index, checked against the recorded fingerprint."""
-    from simtool.encoder import POOLINGS, load_encoder
+def load_index_encoder(manifest: Manifest, device: str | None = None, backend: str | None = None) -> Any:
+    """The encoder that built the index, checked against the recorded fingerprint.
+
+    ``backend``: ``None`` (the index's own), ``auto`` or a name, within the index's tolerance
+    (:mod:`simtool.backends.compat`).
+    """
+    from simtool.backends import compat
+    from simtool.encoder import POOLINGS, default_device, load_encoder, resolve_model_path
 
     info = manifest.model
     pooling = info.pooling if info.pooling in POOLINGS else None
-    encoder = load_encoder(info.name_or_path, pooling, device, info.max_seq_length)
+    device = device or default_device()
+    model_dir = resolve_model_path(info.name_or_path) if backend == "auto" else None
+    chosen = compat.resolve(manifest.backend, backend, device=device, model_dir=model_dir)
+    encoder = load_encoder(info.name_or_path, pooling, device, info.max_seq_length, backend=chosen)
     check_same_model(manifest, encoder)
     return encoder
 
@@ -220,6 +228,9 @@ def check_same_model(manifest: Manifest, encoder: Any) -> None:
             f"the index was built by model {info.name_or_path} (fingerprint {info.fingerprint}), "
             f"but this model has fingerprint {fingerprint}; rebuild the index with this model"
         )
+    from simtool.backends import compat
+
+    compat.check_loaded(manifest.backend, encoder)
 
 
 def load_reducers(manifest: Manifest, directory: Path, *, verify: bool = False) -> list[LinearReducer]:
@@ -252,7 +263,11 @@ class Index:
     ``lock_timeout``: seconds to wait for another writer before failing with its pid.
     ``auto_merge``: apply :func:`merge_plan` (with ``merge_factor``) after each write.
     ``encoder``: an already loaded copy of the index's model, to skip loading it.
+    ``backend``: the encode backend for new documents: ``None`` (the index's own), ``auto`` or a name,
+    within the index's tolerance (:mod:`simtool.backends.compat`).
     """
+
+    backend: str | None = None
 
     def __init__(
         self,
@@ -264,9 +279,14 @@ class Index:
         auto_merge: bool = True,
         merge_factor: int = MERGE_FACTOR,
         encoder: Any = None,
+        backend: str | None = None,
     ) -> None:
         self.directory = _resolve(index_dir)
-        Manifest.load(self.directory)  # fail now on a missing or foreign directory
+        manifest = Manifest.load(self.directory)  # fail now on a missing or foreign directory
+        from simtool.backends import compat
+
+        compat.refuse_past(manifest.backend, backend)  # ... and on a backend past its tolerance
+        self.backend = backend
         self.lock_timeout = lock_timeout
         self.gpu = gpu
         self.memory_budget = memory_budget
@@ -285,7 +305,7 @@ class Index:
 
     def encoder(self) -> Any:
         if self._encoder is None:
-            self._encoder = load_index_encoder(self.manifest)
+            self._encoder = load_index_encoder(self.manifest, backend=self.backend)
         return self._encoder
 
     # --- public writes ---------------------------------------------------------------------------
@@ -748,9 +768,13 @@ def build_index(
     long_text: str = "truncate",
     chunk_tokens: int | None = None,
     chunk_overlap: int = 32,
+    backend: str = "torch",
 ) -> Manifest:
     """Encode a corpus (a file, any iterable of Documents, or EncodedParts already encoded by ``model``)
     into a new index.
+
+    ``backend``: the encode backend when ``model`` is a name or path (:func:`simtool.load_encoder`);
+    the manifest records the one that encoded (a loaded ``model`` brings its own).
 
     ``long_text``: ``truncate`` or ``chunk-mean`` (one vector per document, the mean of its token
     windows; see :mod:`simtool.chunking`), recorded in the manifest so later adds encode alike.
@@ -759,6 +783,7 @@ def build_index(
     holding only the new segment, so its open readers keep their snapshot. A corpus file is
     validated in full before anything is encoded or written.
     """
+    from simtool.backends import backend_info
     from simtool.chunking import index_long_text
     from simtool.encoder import embedding_dim, load_encoder, progress_bar
 
@@ -782,7 +807,7 @@ def build_index(
         if n == 0:
             raise SimtoolError("documents: nothing to index")
     loaded = model is not None and not isinstance(model, (str, os.PathLike))
-    encoder = model if loaded else load_encoder(model, pooling, None, max_seq_length)
+    encoder = model if loaded else load_encoder(model, pooling, None, max_seq_length, backend=backend)
     spec = index_long_text(encoder, long_text, chunk_tokens, chunk_overlap)
     dim = embedding_dim(encoder)
     chosen = choose_factory(n or 0, dim, memory_budget) if factory == "auto" else factory
@@ -799,6 +824,7 @@ def build_index(
         updated_at=_now(),
         simtool_version=__version__,
         long_text=spec,
+        backend=backend_info(encoder),
     )
 
     def write_into(directory: Path, base: Manifest) -> Manifest:
@@ -908,11 +934,13 @@ def add_to_index(
     fields: CorpusFields = CorpusFields(),
     progress: bool = True,
     lock_timeout: float = 30.0,
+    backend: str | None = None,
 ) -> tuple[Manifest, int, int]:
     """Add a corpus file to an existing index; returns ``(manifest, added, skipped)``.
 
     New documents are encoded with the index's own model; ``model``, if given, must be that same
     model. ``on_duplicate``: ``"error"`` (nothing is written), ``"skip"`` or ``"replace"`` (upsert).
+    ``backend``: as :class:`Index` takes it.
     """
     from simtool.encoder import load_encoder
 
@@ -920,7 +948,7 @@ def add_to_index(
         raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
     path = Path(corpus)
     fields.count(path)
-    index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout)
+    index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
     if model is not None:
         check_same_model(index.manifest, load_encoder(model, None, None, index.manifest.model.max_seq_length))
     result = index.write(
@@ -970,8 +998,16 @@ def live_vectors(index_dir: str | Path | None = None) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros((0, manifest.model.dim), np.float32)
 
 
-def index_info(index_dir: str | Path | None = None, *, verify: bool = False) -> dict[str, Any]:
-    """The manifest as a dict, plus the directory, its size on disk and whether checksums were verified."""
+def index_info(
+    index_dir: str | Path | None = None, *, verify: bool = False, backend: str | None = None
+) -> dict[str, Any]:
+    """The manifest as a dict, plus the directory, its size on disk and whether checksums were verified.
+
+    ``"backend"``: the build backend; ``"backend_check"``: what encoding for this index with ``backend``
+    (``None``: the index's own; ``auto``; a name) would do here (:func:`simtool.backends.compat.check`).
+    """
+    from simtool.backends import compat
+
     directory = _resolve(index_dir)
     manifest = Manifest.load(directory)
     if verify:
@@ -981,6 +1017,8 @@ def index_info(index_dir: str | Path | None = None, *, verify: bool = False) -> 
     info["bytes_on_disk"] = sum(f["bytes"] for f in manifest.files.values())
     info["verified"] = verify
     info["deleted"] = sum(s.deleted for s in manifest.segments)
+    info["backend"] = compat.recorded_backend(manifest.backend)
+    info["backend_check"] = compat.describe(manifest.backend, backend, manifest.model.name_or_path)
     return info
 
 

@@ -1,7 +1,7 @@
 """The index manifest: the commit point that makes an index directory self-describing.
 
 It records how to encode a query exactly as the documents were (model, fingerprint,
-pooling, reducers), how new segments are indexed (factory, metric, dim, search parameters),
+pooling, encode backend, reducers), how new segments are indexed (factory, metric, dim, search parameters),
 the generation's segments and tombstones, and the size and sha256 of every file they use.
 ``manifest.json`` is replaced by one atomic rename per commit; a copy of each generation a
 reader may still hold is kept under ``commits/``.
@@ -54,6 +54,9 @@ class Manifest:
     # how documents longer than the model's window were encoded (simtool.chunking); {} = truncated.
     # Index writes re-encode new documents the same way, so one index never mixes methods.
     long_text: dict[str, Any] = field(default_factory=dict)
+    # the encode backend that built it (simtool.backends.backend_info: name, precision, fingerprint,
+    # tolerance); {} in manifests older than backends = fp32 torch (simtool.backends.compat)
+    backend: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

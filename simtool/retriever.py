@@ -115,6 +115,8 @@ class _Snapshot:
 class Retriever:
     """Encodes queries as the index's documents were encoded and searches one generation of the index."""
 
+    encode_backend: str | None = None  # what load() was asked for; a refresh to a new model reloads with it
+
     def __init__(
         self,
         index_dir: Path,
@@ -149,6 +151,7 @@ class Retriever:
         search_params: dict[str, int] | None = None,
         encoder: Any = None,
         load_model: bool = True,
+        encode_backend: str | None = None,
     ) -> Retriever:
         """Open the newest generation of an index directory.
 
@@ -156,6 +159,8 @@ class Retriever:
         ``search_params`` (e.g. ``{"nprobe": 32, "efSearch": 128}``) override each segment's.
         ``encoder``: an already loaded copy of the index's model (fingerprint-checked) to share.
         ``load_model=False``: no model at all, for callers that search with their own vectors only.
+        ``backend`` is the search engine; ``encode_backend`` the query encoder's: ``None`` (the index's own),
+        ``auto`` or a name, within the index's tolerance (:mod:`simtool.backends.compat`).
         """
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
         Manifest.load(directory)  # a clear error for a missing or old directory before any lease
@@ -169,7 +174,7 @@ class Retriever:
             if not load_model:
                 encoder = None
             elif encoder is None:
-                encoder = load_index_encoder(manifest, device)
+                encoder = load_index_encoder(manifest, device, encode_backend)
             else:
                 from simtool.index import check_same_model
 
@@ -180,7 +185,7 @@ class Retriever:
             raise
         if lease is not None:
             lease.hold(manifest.generation)
-        return cls(
+        retriever = cls(
             directory,
             encoder,
             snapshot,
@@ -190,6 +195,8 @@ class Retriever:
             lease=lease,
             gpu=gpu,
         )
+        retriever.encode_backend = encode_backend
+        return retriever
 
     # --- snapshot --------------------------------------------------------------------------------
     @property
@@ -210,7 +217,7 @@ class Retriever:
                 if manifest.generation != self._snapshot.generation:
                     changed = manifest.model.fingerprint != self._snapshot.manifest.model.fingerprint
                     if changed and self.encoder is not None:
-                        self.encoder = load_index_encoder(manifest, self._torch_device)
+                        self.encoder = load_index_encoder(manifest, self._torch_device, self.encode_backend)
                     reuse = {s.info.name: s for s in self._snapshot.segments}
                     self._snapshot = _open_snapshot(self.index_dir, manifest, reuse, self.backend, self._torch_device)
             finally:

@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# CLI commands default to --backend auto, which converts each model to OpenVINO at load (seconds); tests that
+# exercise a backend pass --backend explicitly.
+os.environ.setdefault("SIMTOOL_BACKEND", "torch")
 
 WORDS = [
     "the",

@@ -165,7 +165,7 @@ def test_cli_json_and_text(capsys: pytest.CaptureFixture[str], tiny_st: Path, be
     assert code == 0, err
     (line,) = out.splitlines()
     obj = json.loads(line)
-    assert set(obj) == {"task", "split", "n", "main_score", "scores"}
+    assert set(obj) == {"task", "split", "n", "main_score", "scores", "encode_backend"}
     assert obj["main_score"] == pytest.approx(flat_result.main_score)
     assert obj["scores"]["qrels_docs_missing"] == 1
     assert "encode" not in err  # progress bars stay quiet under --json

@@ -84,7 +84,7 @@ def test_cli_json_is_one_quiet_line(capsys: pytest.CaptureFixture[str], tiny_st:
     assert code == 0, err
     (line,) = out.splitlines()
     obj = json.loads(line)
-    assert set(obj) == {"task", "split", "n", "main_score", "scores"}
+    assert set(obj) == {"task", "split", "n", "main_score", "scores", "encode_backend"}
     assert obj["n"] == 40 and obj["main_score"] == obj["scores"]["cosine_spearman"]
     assert "Batches" not in err and "%|" not in err  # no progress bar under --json
 

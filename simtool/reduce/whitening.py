@@ -93,7 +93,8 @@ class Whitening(LinearReducer):
     ``power`` (p): a float, or ``"auto"`` to pick from :data:`POWER_GRID` on a dev set.
     ``eps``: added to the eigenvalues; 0 makes k above the rank of the data an error.
     After ``fit``: ``mean_`` (d,), ``eigenvalues_`` (d,), ``components_`` (d, d) float64,
-    ``dim_``, ``power_``, ``grid_`` (the tuning grid, when tuned) and ``weight``/``bias``.
+    ``dim_``, ``power_``, ``grid_`` (the tuning grid, when tuned), ``backend_`` (what encoded the fit)
+    and ``weight``/``bias``.
     """
 
     kind: ClassVar[str] = "whitening"
@@ -116,6 +117,7 @@ class Whitening(LinearReducer):
         self.dim, self.power, self.eps, self.normalize = dim, power, eps, normalize
         self.source_fingerprint: str | None = None
         self.grid_: list[dict[str, float]] = []
+        self.backend_: dict[str, Any] | None = None  # the encode backend of a fit through a model (workflows)
 
     def fit(
         self,

@@ -105,18 +105,25 @@ def whiten_model(
     eps: float = 0.0,
     tune: Tuning | None = None,
     fields: CorpusFields = CorpusFields(),
+    backend: str = "torch",
 ) -> tuple[Whitening, Path]:
-    """Fit whitening on ``corpus`` encoded by ``model`` and write the reduced model to ``output``."""
+    """Fit whitening on ``corpus`` encoded by ``model`` and write the reduced model to ``output``.
+
+    ``backend``: what encodes the corpus (and the tuning data); recorded as ``whitening.backend_``.
+    The written model is the torch module stack either way.
+    """
+    from simtool.backends import backend_info
     from simtool.encoder import load_encoder
     from simtool.reduce.export import export_reduced_model
 
     fields.count(Path(corpus))  # validate the whole file before encoding any of it
-    encoder = load_encoder(model, pooling)
+    encoder = load_encoder(model, pooling, backend=backend)
     whitening = Whitening(dim, power, eps).fit(
         corpus_vectors(encoder, corpus, fields),
         tune=tune(encoder) if tune else None,
         source_fingerprint=model_fingerprint(encoder),
     )
+    whitening.backend_ = backend_info(encoder)
     return whitening, export_reduced_model(encoder, whitening, output)
 
 

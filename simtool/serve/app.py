@@ -275,7 +275,7 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        out: dict[str, Any] = {"status": "ok", "model": embedder.name}
+        out: dict[str, Any] = {"status": "ok", "model": embedder.name, "backend": embedder.backend}
         if service is not None:
             out["index_generation"] = service.retriever.generation
         return out
@@ -289,8 +289,8 @@ def create_app(embedder: Embedder, config: ServeConfig, metrics: Metrics | None 
 
 def load_embedder(config: ServeConfig) -> Embedder:
     if config.index_dir is not None:
-        return Embedder.from_index(config.index_dir, device=config.device)
-    return Embedder.from_model(config.model, device=config.device)
+        return Embedder.from_index(config.index_dir, device=config.device, backend=config.backend)
+    return Embedder.from_model(config.model, device=config.device, backend=config.backend or "torch")
 
 
 def app_from_env() -> FastAPI:

@@ -14,7 +14,8 @@ from simtool.errors import SimtoolError
 @dataclass(frozen=True)
 class ServeConfig:
     """``index_dir`` (its model and reducers) or ``model``; limits are per request. ``batching=False`` is the
-    one-request-one-encode baseline."""
+    one-request-one-encode baseline. ``backend``: the encode backend (``None``: an index's own, else ``torch``;
+    on an index, within its tolerance, :mod:`simtool.backends.compat`)."""
 
     index_dir: str | None = None
     model: str | None = None
@@ -32,6 +33,7 @@ class ServeConfig:
     workers: int = 1
     encode_batch_size: int = 64
     device: str | None = None
+    backend: str | None = None
 
     def check(self) -> None:
         for name in (
