@@ -216,6 +216,7 @@ def load_index_encoder(manifest: Manifest, device: str | None = None, backend: s
 
 
 def check_same_model(manifest: Manifest, encoder: Any) -> None:
+    from simtool.backends import compat
     from simtool.encoder import embedding_dim, model_fingerprint
 
     info = manifest.model
@@ -228,9 +229,7 @@ def check_same_model(manifest: Manifest, encoder: Any) -> None:
             f"the index was built by model {info.name_or_path} (fingerprint {info.fingerprint}), "
             f"but this model has fingerprint {fingerprint}; rebuild the index with this model"
         )
-    from simtool.backends import compat
-
-    compat.check_loaded(manifest.backend, encoder)
+    compat.check_loaded(manifest.backend, encoder, fingerprint)
 
 
 def load_reducers(manifest: Manifest, directory: Path, *, verify: bool = False) -> list[LinearReducer]:

@@ -281,3 +281,31 @@ def test_auto_on_an_index_with_faked_cpu_flags(monkeypatch: pytest.MonkeyPatch) 
     fake({"avx2", "amx_bf16"}, openvino=False)
     assert compat.check(fp32_index, "auto")["resolved"] == "torch"
     assert compat.check(bf16_index, "auto")["resolved"] == BF16  # within bf16's tolerance
+
+
+@pytest.mark.timeout(120)
+def test_simtool_backend_sets_the_default(
+    capsys: pytest.CaptureFixture[str], tiny_st: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIMTOOL_BACKEND", BF16)
+    code, out, err = run_cli(
+        capsys, "index", "build", str(_corpus(tmp_path / "c.jsonl", n=10)), "--index-dir", str(tmp_path / "i"),
+        "--model", str(tiny_st), "--no-gpu", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["backend"]["name"] == BF16
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_serve_cli_backend_reaches_the_served_encoder(tiny_st: Path) -> None:
+    import httpx
+
+    from tests.test_serve import _spawn_server
+
+    proc, url = _spawn_server("--model", str(tiny_st), "--backend", BF16)
+    try:
+        assert httpx.get(f"{url}/health").json()["backend"] == BF16
+    finally:
+        proc.terminate()
+        proc.wait(30)

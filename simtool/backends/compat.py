@@ -128,19 +128,25 @@ def refuse_past(built_record: dict[str, Any] | None, requested: str | None) -> N
         )
 
 
-def check_loaded(built_record: dict[str, Any] | None, encoder: Any) -> None:
-    """Refuse an already loaded encoder past the index's tolerance; warn once when its numerics differ."""
+def check_loaded(built_record: dict[str, Any] | None, encoder: Any, model_fingerprint: str | None = None) -> None:
+    """Refuse an already loaded encoder past the index's tolerance; warn once when its numerics differ.
+
+    ``model_fingerprint``: the encoder's model fingerprint, when the caller computed it already.
+    """
     from simtool.backends.registry import backend_info
 
     built = recorded_backend(built_record)
-    info = backend_info(encoder)
-    if not within_tolerance(built, info["name"]):
+    name = str(getattr(encoder, "simtool_backend", "torch"))
+    if not within_tolerance(built, name):
         raise SimtoolError(
-            f"the encoder runs backend {info['name']!r} (max 1 - cos {tolerance(info['name']):.0e}), past the "
+            f"the encoder runs backend {name!r} (max 1 - cos {tolerance(name):.0e}), past the "
             f"{tolerance(built['name'], built):.0e} of backend {built['name']!r} that built the index; "
             f"load it with backend={built['name']!r}"
         )
-    if built.get("fingerprint") and info["name"] == built["name"] and info["fingerprint"] != built["fingerprint"]:
+    if not built.get("fingerprint") or name != built["name"]:
+        return
+    info = backend_info(encoder, model_fingerprint)
+    if info["fingerprint"] != built["fingerprint"]:
         warn_once(
             (str(built["fingerprint"]), str(info["fingerprint"])),
             f"backend {info['name']!r} fingerprint {info['fingerprint']} differs from the index's "

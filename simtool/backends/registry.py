@@ -195,20 +195,21 @@ def _encode(
     return result
 
 
-def backend_info(model: SentenceTransformer) -> dict[str, Any]:
+def backend_info(model: SentenceTransformer, model_fingerprint: str | None = None) -> dict[str, Any]:
     """What an index manifest should record: the backend, its precision and a fingerprint of what computes it.
 
     The fingerprint covers the backend name, its precision, the model's weights and any exported file,
     so two encoders with equal fingerprints produce the same vectors (to the backend's float rounding).
+    ``model_fingerprint``: the model's, when the caller has it already (it hashes every weight).
     """
-    from simtool.encoder import model_fingerprint
+    from simtool import encoder
 
     name = getattr(model, "simtool_backend", "torch")
     built: Built | None = getattr(model, "simtool_backend_built", None)
     precision = "float32" if built is None else built.precision
     artifact = None if built is None else built.artifact
     spec = BACKENDS.get(name)
-    parts = [name, precision, model_fingerprint(model), artifact or ""]
+    parts = [name, precision, model_fingerprint or encoder.model_fingerprint(model), artifact or ""]
     return {
         "name": name,
         "precision": precision,
