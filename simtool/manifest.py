@@ -54,6 +54,10 @@ class Manifest:
     # how documents longer than the model's window were encoded (simtool.chunking); {} = truncated.
     # Index writes re-encode new documents the same way, so one index never mixes methods.
     long_text: dict[str, Any] = field(default_factory=dict)
+    # {"file", "factory"}: the trained, empty FAISS index of ``factory`` that new segments of that
+    # factory are filled from, so one index trains its quantizer once and segments can merge
+    # their IVF lists without re-encoding; {} when the factory needs no training.
+    trained: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
