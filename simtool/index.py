@@ -329,6 +329,7 @@ class Index:
         progress: bool = False,
         source: str = "documents",
         vectors: np.ndarray | None = None,
+        segment_rows: int | None = None,
     ) -> WriteResult:
         """Add ``docs`` and delete ``delete`` ids in one commit. ``source`` names the input in errors.
 
@@ -362,13 +363,13 @@ class Index:
             missing = [i for i in delete if i not in doomed]
             tx.tombstone(doomed)
             if docs and vectors is not None:
-                tx.add_parts(iter([EncodedPart(docs, np.asarray(vectors, dtype=np.float32))]))
+                tx.add_parts([EncodedPart(docs, np.asarray(vectors, dtype=np.float32))], segment_rows=segment_rows)
             elif docs:
                 with progress_bar(len(docs), "encode", progress) as bar:
                     parts = encode_parts(
                         self.encoder(), docs, batch_size=batch_size, bar=bar, long_text=tx.base.long_text
                     )
-                    tx.add_parts(parts)
+                    tx.add_parts(parts, segment_rows=segment_rows)
             result = WriteResult(
                 tx.base.generation, added=len(docs), deleted=len(doomed), skipped=skipped, missing=missing
             )

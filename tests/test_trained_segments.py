@@ -125,3 +125,29 @@ def test_a_failed_streamed_build_leaves_nothing(tmp_path: Path, encoder: Any, pa
     with pytest.raises(SimtoolError, match="duplicate id 'd0' in parts"):
         build_index(iter([*parts[:5], clash]), tmp_path / "idx", model=encoder, factory="IVF8,Flat", progress=False)
     assert not (tmp_path / "idx").exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_build_in_segments_then_compact_merges_lists(
+    tmp_path: Path, tiny_st: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tests.conftest import run_cli, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": d.id, "text": d.text} for d in make_docs(list(range(600)))])
+    idx = str(tmp_path / "idx")
+    common = ("--index-dir", idx, "--json")
+    code, out, err = run_cli(
+        capsys, "index", "build", str(corpus), "--model", str(tiny_st), "--factory", "IVF4,Flat",
+        "--segment-rows", "200", *common,
+    )  # fmt: skip
+    assert code == 0, err
+    assert [s["count"] for s in json.loads(out)["segments"]] == [200, 200, 200]
+    code, out, err = run_cli(capsys, "index", "compact", *common)
+    report = json.loads(out)
+    assert code == 0 and (report["segments_before"], report["segments"]) == (3, 1)
+    assert report["method"] == "merged inverted lists" and report["count"] == 600
+    code, out, err = run_cli(capsys, "index", "compact", "--retrain", *common)
+    assert code == 0 and json.loads(out)["method"] == "re-indexed"
+    code, _, err = run_cli(capsys, "index", "build", str(corpus), "--segment-rows", "0", *common)
+    assert code != 0 and "--segment-rows" in err and len(err.strip().splitlines()) == 1
