@@ -33,6 +33,15 @@ index_app = typer.Typer(help="Build, change and inspect an index directory.", no
 LockTimeout = Annotated[
     float, typer.Option("--lock-timeout", help="Seconds to wait for another writer before giving up.")
 ]
+SegmentRows = Annotated[
+    int | None,
+    typer.Option(
+        "--segment-rows",
+        min=1,
+        help="Rows per new segment (each segment's FAISS index is built on its own, bounding memory) "
+        "\\[default: one segment; 1,000,000 with --ray].",
+    ),
+]
 
 
 def _read_all(fields: Any, paths: list[Path]) -> Iterator[Any]:
@@ -106,6 +115,7 @@ def index_build(
     chunk_tokens: ChunkTokens = None,
     chunk_overlap: ChunkOverlap = DEFAULT_CHUNK_OVERLAP,
     backend: EncodeBackend = "auto",
+    segment_rows: SegmentRows = None,
     ray: RayAddress = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 0.0,
@@ -140,6 +150,7 @@ def index_build(
             options=ray_options(ray, workers, gpus_per_worker),
             batch_size=batch_size,
             fields=dataclasses.asdict(fields),
+            **({} if segment_rows is None else {"segment_rows": segment_rows}),
         )
     else:
         build_index(
@@ -159,6 +170,7 @@ def index_build(
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
             backend=backend,
+            segment_rows=segment_rows,
         )
     info = index_info(index_dir, verify=False)
     if ray is not None:
@@ -190,13 +202,14 @@ def index_add(
     title_column: TitleColumn = None,
     lock_timeout: LockTimeout = 30.0,
     backend: EncodeBackend = "auto",
+    segment_rows: SegmentRows = None,
     ray: RayAddress = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 0.0,
     json_out: Json = False,
 ) -> None:
-    """Add documents to an existing index as one new segment, encoded with the index's own model
-    (and a backend within the index's tolerance)."""
+    """Add documents to an existing index in one commit, encoded with the index's own model (and a backend
+    within the index's tolerance)."""
     from simtool.index import Index
 
     if on_duplicate not in ("error", "skip", "replace"):
@@ -222,6 +235,7 @@ def index_add(
             fields=dataclasses.asdict(fields),
             on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
             lock_timeout=lock_timeout,
+            **({} if segment_rows is None else {"segment_rows": segment_rows}),
         )
         count = index.manifest.count
         if json_out:
@@ -241,6 +255,7 @@ def index_add(
         batch_size=batch_size,
         progress=not json_out,
         source=", ".join(map(str, corpus)),
+        segment_rows=segment_rows,
     )
     count = index.manifest.count
     report = {
@@ -307,30 +322,38 @@ def index_compact(
     factory: Annotated[
         str | None, typer.Option("--factory", help="Re-index with this factory \\[default: the index's].")
     ] = None,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Retrain the quantizer (IVF) instead of merging its inverted lists.")
+    ] = False,
     gpu: Annotated[bool, typer.Option("--gpu/--no-gpu")] = True,
     lock_timeout: LockTimeout = 30.0,
     json_out: Json = False,
 ) -> None:
-    """Merge all segments into one, dropping deleted rows and retraining the ANN structure."""
+    """Merge all segments into one, dropping deleted rows.
+
+    An IVF index merges its segments' inverted lists on disk with its trained quantizer; other
+    indexes (and --retrain, --factory) re-index the raw vectors."""
     from simtool.index import Index, index_info
 
     started = time.perf_counter()
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout)
     before = len(index.manifest.segments)
-    generation = index.compact(factory=factory, progress=not json_out)
+    generation = index.compact(factory=factory, retrain=retrain, progress=not json_out)
     info = index_info(index_dir)
+    merged = any(seg["ondisk"] for seg in info["segments"])
     report = {
         "segments_before": before,
         "segments": len(info["segments"]),
         "count": info["count"],
         "generation": generation,
+        "method": "merged inverted lists" if merged else "re-indexed",
         "seconds": round(time.perf_counter() - started, 3),
     }
     if json_out:
         emit(report)
     else:
         typer.echo(
-            f"compacted {before} segments into {report['segments']}; {info['count']} documents "
+            f"compacted {before} segments into {report['segments']} ({report['method']}); {info['count']} documents "
             f"at generation {generation} in {report['seconds']:.1f}s"
         )
 

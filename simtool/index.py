@@ -8,7 +8,9 @@ Layout (format 2)::
     segments/<name>/index.faiss         FAISS index over the (reduced) vectors, row i = vector i
     segments/<name>/docs.sqlite         id, title, text, metadata JSON of each row
     segments/<name>/tombstones-<g>.npy  rows deleted as of generation g (a new file per change)
+    segments/<name>/index.ivfdata       the inverted lists of a segment merged on disk (IVF only)
     reducers/<kind>-<g>.safetensors     the reducer chain queries and documents go through
+    trained/<g>-<hex>.faiss             the trained, empty FAISS index new segments are filled from
     write.lock, readers/*.lease         flock locks: one writer; which generations readers hold
 
 A write (add, delete, upsert, compact) takes the writer lock, writes only new files, and
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import itertools
 import logging
 import os
 import secrets
@@ -57,15 +60,29 @@ from simtool.segments import (
     VECTORS_FILE,
     SegmentInfo,
     SegmentWriter,
+    StackedRows,
     load_tombstones,
+    reduced_view,
     segment_factory,
     write_tombstones,
 )
-from simtool.vector_index import METRICS, choose_factory, default_search_params, new_faiss_index
+from simtool.vector_index import (
+    METRICS,
+    choose_factory,
+    default_search_params,
+    fill_index,
+    is_ivf,
+    merge_inverted_lists,
+    needs_training,
+    new_faiss_index,
+    read_faiss,
+    trained_index,
+)
 
 log = logging.getLogger(__name__)
 
 REDUCERS_DIR = "reducers"
+TRAINED_DIR = "trained"
 OnDuplicate = Literal["error", "skip", "replace"]
 ON_DUPLICATE = ("error", "skip", "replace")
 
@@ -331,6 +348,7 @@ class Index:
         progress: bool = False,
         source: str = "documents",
         vectors: np.ndarray | None = None,
+        segment_rows: int | None = None,
     ) -> WriteResult:
         """Add ``docs`` and delete ``delete`` ids in one commit. ``source`` names the input in errors.
 
@@ -364,13 +382,13 @@ class Index:
             missing = [i for i in delete if i not in doomed]
             tx.tombstone(doomed)
             if docs and vectors is not None:
-                tx.add_parts(iter([EncodedPart(docs, np.asarray(vectors, dtype=np.float32))]))
+                tx.add_parts([EncodedPart(docs, np.asarray(vectors, dtype=np.float32))], segment_rows=segment_rows)
             elif docs:
                 with progress_bar(len(docs), "encode", progress) as bar:
                     parts = encode_parts(
                         self.encoder(), docs, batch_size=batch_size, bar=bar, long_text=tx.base.long_text
                     )
-                    tx.add_parts(parts)
+                    tx.add_parts(parts, segment_rows=segment_rows)
             result = WriteResult(
                 tx.base.generation, added=len(docs), deleted=len(doomed), skipped=skipped, missing=missing
             )
@@ -378,22 +396,36 @@ class Index:
         result.merged = self._maybe_merge()
         return result
 
-    def append(self, parts: Iterable[EncodedPart], *, on_duplicate: OnDuplicate = "error") -> int:
-        """Commit parts encoded elsewhere (by this index's model) as one generation; returns it."""
+    def append(
+        self,
+        parts: Iterable[EncodedPart],
+        *,
+        on_duplicate: OnDuplicate = "error",
+        segment_rows: int | None = None,
+        source: str = "parts",
+    ) -> int:
+        """Commit parts encoded elsewhere (by this index's model) as one generation; returns it.
+
+        Parts stream to disk as they come, into segments of at most ``segment_rows`` rows. Ids must
+        be unique across the parts (a duplicate fails the whole write, naming ``source``).
+        """
+        if on_duplicate not in ON_DUPLICATE:
+            raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
         with self._transaction() as tx:
-            staged = list(parts)
-            ids = [d.id for part in staged for d in part.docs]
-            _check_batch([d for part in staged for d in part.docs], "parts")
-            existing = tx.lookup(ids)
-            if existing and on_duplicate == "error":
-                raise SimtoolError(
-                    f"parts: {len(existing)} id(s) already in the index (first: {next(iter(existing))!r})"
-                )
-            if on_duplicate == "skip":
-                staged = [_without(p, existing) for p in staged]
-            elif on_duplicate == "replace":
-                tx.tombstone(existing)
-            tx.add_parts(iter(staged))
+
+            def checked() -> Iterator[EncodedPart]:
+                for part in unique_ids(parts, source):
+                    existing = tx.lookup([d.id for d in part.docs])
+                    if existing and on_duplicate == "error":
+                        first = next(d.id for d in part.docs if d.id in existing)
+                        raise DuplicateIdError(f"{source}: id {first!r} is already in the index")
+                    if on_duplicate == "skip":
+                        part = _without(part, existing)
+                    elif on_duplicate == "replace":
+                        tx.tombstone(existing)
+                    yield part
+
+            tx.add_parts(checked(), segment_rows=segment_rows)
         self._maybe_merge()
         return tx.published
 
@@ -402,12 +434,18 @@ class Index:
         *,
         factory: str | None = None,
         reducers: Sequence[LinearReducer] | None = None,
+        retrain: bool = False,
         progress: bool = False,
     ) -> int:
-        """Merge every segment into one without its deleted rows, retraining and rebuilding the ANN
-        structure; ``factory`` / ``reducers`` replace the index's. Readers keep searching meanwhile."""
+        """Merge every segment into one without its deleted rows; readers keep searching meanwhile.
+
+        An IVF index merges its segments' inverted lists on disk, re-encoding only rows not yet coded
+        with its trained quantizer; any other index, and one given ``retrain``, a new ``factory``
+        or new ``reducers``, is re-indexed (and retrained) from the raw vectors.
+        """
         with self._transaction() as tx:
-            tx.merge(tx.base.segments, factory=factory, reducers=reducers, progress=progress, whole=True)
+            everything = tx.base.segments
+            tx.merge(everything, factory=factory, reducers=reducers, progress=progress, whole=True, retrain=retrain)
         return tx.published
 
     # --- machinery -------------------------------------------------------------------------------
@@ -469,6 +507,7 @@ class _Transaction:
         self.changed = False
         self.published = base.generation
         self._reducers: list[LinearReducer] | None = None
+        self._trained: tuple[str, Any] | None = None
 
     def reducers(self) -> list[LinearReducer]:
         if self._reducers is None:
@@ -529,29 +568,101 @@ class _Transaction:
         rel = path.relative_to(self.directory).as_posix()
         self.result.files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
-    def add_parts(self, parts: Iterator[EncodedPart], *, small_ok: bool = True) -> None:
-        """Write the parts as one new segment."""
-        first = next(parts, None)
-        if first is None:
-            return
-        name, path = self._new_segment()
-        writer = SegmentWriter(path, self.result.model.dim)
+    def add_parts(self, parts: Iterable[EncodedPart], *, build: bool = False, segment_rows: int | None = None) -> None:
+        """Write the parts as new segments of at most ``segment_rows`` rows each (default: one segment).
+
+        Rows stream to disk; the FAISS indexes are built once every row is there, so a factory that
+        must be trained is trained once, on a seeded sample of all the new rows, and the segments are
+        filled from it. ``build``: every segment takes the index's factory (``auto`` decided on the
+        total), as a fresh build must; otherwise each segment's is decided by its size.
+        """
+        if segment_rows is not None and segment_rows <= 0:
+            raise SimtoolError(f"segment_rows must be positive, got {segment_rows}")
+        writers: list[tuple[str, SegmentWriter]] = []
         try:
-            for part in (first, *parts):
-                if part.docs:
-                    writer.append(part.docs, part.vectors)
+            for part in parts:
+                docs, vectors = part.docs, part.vectors
+                while docs:
+                    if not writers or (segment_rows is not None and writers[-1][1].count >= segment_rows):
+                        name, path = self._new_segment()
+                        writers.append((name, SegmentWriter(path, self.result.model.dim)))
+                    room = len(docs) if segment_rows is None else segment_rows - writers[-1][1].count
+                    writers[-1][1].append(docs[:room], vectors[:room])
+                    docs, vectors = docs[room:], vectors[room:]
+            raws = [writer.close_rows() for _, writer in writers]
+            if build and (self.result.factory_spec or self.result.factory) == "auto":
+                self._set_factory(choose_factory(sum(map(len, raws)), self.result.dim, self.index.memory_budget))
+            factories = [self._segment_factory(len(raw), build) for raw in raws]
+            main = [raw for raw, f in zip(raws, factories, strict=True) if f == self.result.factory]
+            trained = self.trained() or (self._train(StackedRows(main)) if main else None)
+            for (name, writer), factory in zip(writers, factories, strict=True):
+                info = writer.finish(
+                    name=name,
+                    factory=factory,
+                    metric=self.result.metric,
+                    reducers=self.reducers(),
+                    gpu=self.index.gpu,
+                    trained=trained if factory == self.result.factory else None,
+                )
+                self._add_segment(info)
         except BaseException:
-            writer.abort()
+            for _, writer in writers:
+                writer.abort()
             raise
-        if writer.count == 0:
-            writer.abort()
-            return
-        spec = self.result.factory_spec or self.result.factory
-        factory = segment_factory(spec, writer.count, self.result.dim, self.index.memory_budget, small_ok=small_ok)
-        info = writer.finish(
-            name=name, factory=factory, metric=self.result.metric, reducers=self.reducers(), gpu=self.index.gpu
+
+    def _segment_factory(self, n: int, build: bool) -> str:
+        # small segments of a later write are exact Flat even where a template could fill them:
+        # a few hundred rows in IVF lists would make nprobe-limited searches miss most of them
+        if build:
+            return self.result.factory
+        return segment_factory(
+            self.result.factory_spec or self.result.factory, n, self.result.dim, self.index.memory_budget, small_ok=True
         )
-        self._add_segment(info)
+
+    # --- the trained, empty FAISS index of the index's factory -----------------------------------
+    def trained(self) -> tuple[str, Any] | None:
+        """``(file, index)`` of the index's trained template, or None (none yet, or none needed)."""
+        entry = self.result.trained
+        if not entry:
+            return None
+        if self._trained is None or self._trained[0] != entry["file"]:
+            self._trained = (entry["file"], read_faiss(self.directory / entry["file"]))
+        return self._trained
+
+    def _train(self, raw: Any) -> tuple[str, Any] | None:
+        """Train the index's factory on a seeded sample of ``raw`` (n, d) float32 and keep it as the
+        template; None when the factory needs no training."""
+        import faiss
+
+        factory, dim = self.result.factory, self.result.dim
+        if not needs_training(factory, dim):
+            return None
+        index = trained_index(factory, dim, self.result.metric, reduced_view(raw, self.reducers()), gpu=self.index.gpu)
+        rel = f"{TRAINED_DIR}/{self.result.generation:010d}-{secrets.token_hex(3)}.faiss"
+        path = self.directory / rel
+        path.parent.mkdir(exist_ok=True)
+        faiss.write_index(index, str(path))
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        self.new_files.append(path)
+        self._record(path)
+        self._drop_trained()
+        self.result.trained = {"file": rel, "factory": factory}
+        self._trained = (rel, index)
+        return self._trained
+
+    def _drop_trained(self) -> None:
+        """The template no longer fits (new factory or reducers): the next segment of the factory trains one."""
+        if self.result.trained:
+            self.result.files.pop(self.result.trained["file"], None)
+        self.result.trained = {}
+        self._trained = None
+
+    def _set_factory(self, factory: str) -> None:
+        if factory != self.result.factory:
+            self._drop_trained()
+        self.result.factory = factory
+        self.result.search_params = default_search_params(factory)
 
     def _add_segment(self, info: SegmentInfo) -> None:
         for rel in info.files():
@@ -568,23 +679,33 @@ class _Transaction:
         reducers: Sequence[LinearReducer] | None = None,
         progress: bool = False,
         whole: bool = False,
-    ) -> None:
-        """Replace ``group`` by one segment of its live rows (``whole``: the index's every segment)."""
+        retrain: bool = False,
+    ) -> bool:
+        """Replace ``group`` by one segment of its live rows (``whole``: the index's every segment).
+
+        Where the index has a trained IVF template and every row is to be indexed by it, the
+        segments' inverted lists are merged on disk (:func:`merge_inverted_lists`), re-encoding
+        only rows of segments not filled from that template; otherwise the merged segment is
+        indexed afresh (``retrain``: the template is retrained too). Returns whether lists were merged.
+        """
         from simtool.encoder import progress_bar
 
         names = {s.name for s in group}
         if reducers is not None:
             self._set_reducers(list(reducers))
+        if retrain:
+            self._drop_trained()
         if factory is not None:
-            k = self.result.dim
             self.result.factory_spec = factory
-            self.result.factory = (
-                choose_factory(self.result.count, k, self.index.memory_budget) if factory == "auto" else factory
-            )
-            self.result.search_params = default_search_params(self.result.factory)
+            if factory == "auto":
+                factory = choose_factory(self.result.count, self.result.dim, self.index.memory_budget)
+            self._set_factory(factory)
         live = sum(s.live for s in group)
         if live == 0:
-            return
+            return False
+        if whole:
+            spec = self.result.factory_spec or self.result.factory
+            self._set_factory(segment_factory(spec, live, self.result.dim, self.index.memory_budget, small_ok=False))
         name, path = self._new_segment()
         writer = SegmentWriter(path, self.result.model.dim)
         try:
@@ -593,22 +714,52 @@ class _Transaction:
                     for docs, vectors in _live_rows(self.directory, seg):
                         writer.append(docs, vectors)
                         bar.update(len(docs))
+            raw = writer.close_rows()
+            chosen = self._segment_factory(len(raw), whole)
+            trained = self.trained() if chosen == self.result.factory else None
+            merged = None
+            if trained is not None and is_ivf(trained[1]):
+                shards = self._shards(group, raw, trained)
+                merged = merge_inverted_lists(trained[1], shards, path / INDEX_FILE)
+            elif trained is None and chosen == self.result.factory:
+                trained = self._train(raw)
+            info = writer.finish(
+                name=name,
+                factory=chosen,
+                metric=self.result.metric,
+                reducers=self.reducers(),
+                gpu=self.index.gpu,
+                trained=trained,
+                merged=merged,
+            )
         except BaseException:
             writer.abort()
             raise
-        spec = self.result.factory_spec or self.result.factory
-        chosen = segment_factory(spec, writer.count, self.result.dim, self.index.memory_budget, small_ok=not whole)
-        info = writer.finish(
-            name=name, factory=chosen, metric=self.result.metric, reducers=self.reducers(), gpu=self.index.gpu
-        )
         for seg in group:
             for rel in seg.files():
                 self.result.files.pop(rel, None)
         self.result.segments = [s for s in self.result.segments if s.name not in names]
         self.result.count -= live
         self._add_segment(info)
+        return merged is not None
+
+    def _shards(self, group: Sequence[SegmentInfo], raw: np.ndarray, trained: tuple[str, Any]) -> list[Any]:
+        """Each segment of ``group`` as an IVF index of its live rows: its own FAISS index where that was
+        filled from ``trained`` and has no deletions, else ``trained`` filled with its rows of ``raw``."""
+        import faiss
+
+        shards, start = [], 0
+        for seg in group:
+            if seg.trained == trained[0] and not seg.deleted:
+                shards.append(read_faiss(self.directory / SEGMENTS_DIR / seg.name / INDEX_FILE, ondisk=seg.ondisk))
+            else:
+                rows = reduced_view(raw[start : start + seg.live], self.reducers())
+                shards.append(fill_index(faiss.clone_index(trained[1]), rows))
+            start += seg.live
+        return shards
 
     def _set_reducers(self, reducers: list[LinearReducer]) -> None:
+        self._drop_trained()
         for entry in self.result.reducers:
             self.result.files.pop(entry["file"], None)
         entries = []
@@ -644,6 +795,20 @@ class _Transaction:
 def _without(part: EncodedPart, drop: dict[str, Any]) -> EncodedPart:
     keep = [i for i, d in enumerate(part.docs) if d.id not in drop]
     return EncodedPart([part.docs[i] for i in keep], part.vectors[keep])
+
+
+def unique_ids(parts: Iterable[EncodedPart], source: str) -> Iterator[EncodedPart]:
+    """The parts as they come, each checked to hold Documents with ids not seen before in the stream;
+    a duplicate raises naming ``source`` and the id. Holds the ids, never the vectors."""
+    seen: set[str] = set()
+    for part in parts:
+        for i, d in enumerate(part.docs):
+            if not isinstance(d, Document):
+                raise SimtoolError(f"{source}: item {i} of a part is a {type(d).__name__}, expected a simtool Document")
+            if d.id in seen:
+                raise DuplicateIdError(f"duplicate id {d.id!r} in {source}")
+            seen.add(d.id)
+        yield part
 
 
 def _check_batch(docs: Sequence[Document], source: str) -> None:
@@ -705,7 +870,7 @@ def collect_garbage(directory: Path, current: Manifest, *, recovering: bool = Fa
         if g in keep:
             needed |= files
     orphans = False
-    for top in (SEGMENTS_DIR, REDUCERS_DIR):
+    for top in (SEGMENTS_DIR, REDUCERS_DIR, TRAINED_DIR):
         root = directory / top
         if not root.is_dir():
             continue
@@ -768,6 +933,7 @@ def build_index(
     chunk_tokens: int | None = None,
     chunk_overlap: int = 32,
     backend: str = "torch",
+    segment_rows: int | None = None,
 ) -> Manifest:
     """Encode a corpus (a file, any iterable of Documents, or EncodedParts already encoded by ``model``)
     into a new index.
@@ -777,6 +943,8 @@ def build_index(
 
     ``long_text``: ``truncate`` or ``chunk-mean`` (one vector per document, the mean of its token
     windows; see :mod:`simtool.chunking`), recorded in the manifest so later adds encode alike.
+    EncodedParts are streamed to disk as they come (an iterator of them is never held in memory),
+    into segments of at most ``segment_rows`` rows; ids must be unique across all of them.
 
     A new directory appears whole, by one rename. An existing index gets a new generation
     holding only the new segment, so its open readers keep their snapshot. A corpus file is
@@ -789,22 +957,24 @@ def build_index(
     target = _resolve(index_dir)
     if metric not in METRICS:
         raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    parts: list[EncodedPart] | None = None
+    parts: Iterator[EncodedPart] | None = None
+    docs: Iterable[Document] = ()
+    n: int | None = None
     if isinstance(corpus, (str, Path)):
         path = Path(corpus)
-        n: int | None = fields.count(path)
-        docs: Iterable[Document] = fields.read(path)
+        n = fields.count(path)
+        docs = fields.read(path)
     else:
-        items: list[Any] = list(corpus)
-        if items and all(isinstance(p, EncodedPart) for p in items):
-            parts = items
-            listed: list[Document] = [d for p in items for d in p.docs]
+        items: Iterator[Any] = iter(corpus)
+        first = next(items, None)
+        if isinstance(first, EncodedPart):
+            parts = unique_ids(itertools.chain([first], items), "parts")
         else:
-            listed = items
-        _check_batch(listed, "documents")
-        docs, n = listed, len(listed)
-        if n == 0:
-            raise SimtoolError("documents: nothing to index")
+            listed: list[Any] = [] if first is None else [first, *items]
+            _check_batch(listed, "documents")
+            docs, n = listed, len(listed)
+            if n == 0:
+                raise SimtoolError("documents: nothing to index")
     loaded = model is not None and not isinstance(model, (str, os.PathLike))
     encoder = model if loaded else load_encoder(model, pooling, None, max_seq_length, backend=backend)
     spec = index_long_text(encoder, long_text, chunk_tokens, chunk_overlap)
@@ -838,11 +1008,13 @@ def build_index(
         try:
             with progress_bar(n or 0, "encode", progress) as bar:
                 stream = (
-                    iter(parts)
+                    parts
                     if parts is not None
                     else encode_parts(encoder, docs, batch_size=batch_size, bar=bar, long_text=spec)
                 )
-                tx.add_parts(stream, small_ok=False)
+                tx.add_parts(stream, build=True, segment_rows=segment_rows)
+            if not tx.result.segments:
+                raise SimtoolError("parts: nothing to index")
         except BaseException:
             tx.rollback()
             raise

@@ -57,6 +57,10 @@ class Manifest:
     # the encode backend that built it (simtool.backends.backend_info: name, precision, fingerprint,
     # tolerance); {} in manifests older than backends = fp32 torch (simtool.backends.compat)
     backend: dict[str, Any] = field(default_factory=dict)
+    # {"file", "factory"}: the trained, empty FAISS index of ``factory`` that new segments of that
+    # factory are filled from, so one index trains its quantizer once and segments can merge
+    # their IVF lists without re-encoding; {} when the factory needs no training.
+    trained: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

@@ -29,6 +29,7 @@ from simtool.vector_index import (
     faiss_metric,
     fill_index,
     new_faiss_index,
+    read_faiss,
     training_sample_size,
 )
 
@@ -37,6 +38,7 @@ VECTORS_FILE = "vectors.npy"
 INDEX_FILE = "index.faiss"
 DOCS_FILE = "docs.sqlite"
 SEGMENT_FILES = (VECTORS_FILE, INDEX_FILE, DOCS_FILE)
+IVFDATA_FILE = "index.ivfdata"  # the inverted lists of a segment merged on disk (``SegmentInfo.ondisk``)
 
 # A fixed 128-byte .npy header, so vectors can be streamed to disk before their count is known
 # and the header rewritten in place at the end.
@@ -62,6 +64,10 @@ class SegmentInfo:
     search_params: dict[str, int] = field(default_factory=dict)
     deleted: int = 0
     tombstones: str | None = None  # file name inside the segment directory
+    # the index's trained, empty FAISS index (path relative to the index directory) this segment's
+    # FAISS index was filled from, without training; segments sharing one merge their IVF lists
+    trained: str | None = None
+    ondisk: bool = False  # its IVF lists are in IVFDATA_FILE, memory-mapped
 
     @property
     def live(self) -> int:
@@ -69,7 +75,8 @@ class SegmentInfo:
 
     def files(self) -> list[str]:
         """Paths of its files, relative to the index directory."""
-        names = [*SEGMENT_FILES, *([self.tombstones] if self.tombstones else [])]
+        names = [*SEGMENT_FILES, *([IVFDATA_FILE] if self.ondisk else [])]
+        names += [self.tombstones] if self.tombstones else []
         return [f"{SEGMENTS_DIR}/{self.name}/{n}" for n in names]
 
 
@@ -99,6 +106,19 @@ class SegmentWriter:
         self._vectors.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         self.count += len(docs)
 
+    def close_rows(self) -> np.ndarray:
+        """Flush the documents and vectors; returns the raw vectors ``(count, dim) float32``, memory-mapped."""
+        if self._vectors.closed:
+            return np.load(self.directory / VECTORS_FILE, mmap_mode="r")
+        self._store.commit()
+        self._store.close()
+        self._vectors.seek(0)
+        self._vectors.write(_npy_header(self.count, self.dim))
+        self._vectors.flush()
+        os.fsync(self._vectors.fileno())
+        self._vectors.close()
+        return np.load(self.directory / VECTORS_FILE, mmap_mode="r")
+
     def finish(
         self,
         *,
@@ -107,27 +127,41 @@ class SegmentWriter:
         metric: str,
         reducers: Sequence[LinearReducer],
         gpu: bool = False,
-        on_progress: Any = None,
+        trained: tuple[str, Any] | None = None,
+        merged: Any = None,
     ) -> SegmentInfo:
-        """Write the FAISS index over the reduced vectors and flush everything to disk."""
-        self._store.commit()
-        self._store.close()
-        self._vectors.seek(0)
-        self._vectors.write(_npy_header(self.count, self.dim))
-        self._vectors.flush()
-        os.fsync(self._vectors.fileno())
-        self._vectors.close()
-        raw = np.load(self.directory / VECTORS_FILE, mmap_mode="r")
-        info = build_faiss(self.directory, raw, name=name, factory=factory, metric=metric, reducers=reducers, gpu=gpu)
-        for n in SEGMENT_FILES:
+        """Write the FAISS index over the reduced vectors and flush everything to disk.
+
+        ``trained``: ``(file, index)``, the index's trained empty FAISS index to fill instead of
+        training one. ``merged``: an index already written here by :func:`merge_inverted_lists`.
+        """
+        raw = self.close_rows()
+        if merged is not None:
+            info = SegmentInfo(
+                name=name, count=len(raw), factory=factory, search_params=default_search_params(factory), ondisk=True
+            )
+        else:
+            info = build_faiss(
+                self.directory,
+                raw,
+                name=name,
+                factory=factory,
+                metric=metric,
+                reducers=reducers,
+                gpu=gpu,
+                template=None if trained is None else trained[1],
+            )
+        info.trained = None if trained is None else trained[0]
+        for n in (*SEGMENT_FILES, *([IVFDATA_FILE] if info.ondisk else [])):
             with open(self.directory / n, "rb") as f:
                 os.fsync(f.fileno())
         fsync_dir(self.directory)
         return info
 
     def abort(self) -> None:
-        self._vectors.close()
-        self._store.close()
+        if not self._vectors.closed:
+            self._vectors.close()
+            self._store.close()
 
 
 def segment_factory(spec: str, n: int, dim: int, memory_budget: int | None, *, small_ok: bool) -> str:
@@ -151,13 +185,15 @@ def build_faiss(
     metric: str,
     reducers: Sequence[LinearReducer],
     gpu: bool = False,
+    template: Any = None,
 ) -> SegmentInfo:
-    """Write ``directory/index.faiss`` over ``raw`` ``(n, d)`` passed through ``reducers``."""
+    """Write ``directory/index.faiss`` over ``raw`` ``(n, d)`` passed through ``reducers``;
+    ``template``, a trained empty index of ``factory``, is filled instead of training a new one."""
     import faiss
 
     dim = reducers[-1].out_dim if reducers else raw.shape[1]
-    index = new_faiss_index(factory, dim, metric)
-    index = fill_index(index, _reduced_blocks(raw, reducers), gpu=gpu)
+    index = new_faiss_index(factory, dim, metric) if template is None else faiss.clone_index(template)
+    index = fill_index(index, reduced_view(raw, reducers), gpu=gpu)
     faiss.write_index(index, str(directory / INDEX_FILE))
     return SegmentInfo(name=name, count=len(raw), factory=factory, search_params=default_search_params(factory))
 
@@ -165,7 +201,7 @@ def build_faiss(
 class _Reduced:
     """A lazily reduced view of raw vectors, read in blocks: what ``fill_index`` needs of an array."""
 
-    def __init__(self, raw: np.ndarray, reducers: Sequence[LinearReducer]) -> None:
+    def __init__(self, raw: Any, reducers: Sequence[LinearReducer]) -> None:
         self.raw, self.reducers = raw, list(reducers)
 
     def __len__(self) -> int:
@@ -175,8 +211,28 @@ class _Reduced:
         return apply_chain(self.reducers, np.asarray(self.raw[item], dtype=np.float32))
 
 
-def _reduced_blocks(raw: np.ndarray, reducers: Sequence[LinearReducer]) -> Any:
+def reduced_view(raw: Any, reducers: Sequence[LinearReducer]) -> Any:
+    """``raw`` (n, d) as the FAISS index sees it: through ``reducers``, block by block as it is read."""
     return raw if not reducers else _Reduced(raw, reducers)
+
+
+class StackedRows:
+    """Several ``(n_i, d)`` arrays (memory-mapped segments) read as one, by slice or sorted row numbers,
+    without concatenating them: what training on a sample of several new segments needs."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self.arrays = list(arrays)
+        self.starts = np.cumsum([0, *map(len, self.arrays)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, item: Any) -> np.ndarray:
+        rows = np.arange(len(self))[item] if isinstance(item, slice) else np.asarray(item)
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        return np.concatenate(
+            [np.asarray(a[rows[which == j] - self.starts[j]], dtype=np.float32) for j, a in enumerate(self.arrays)]
+        )
 
 
 def check_file(path: Path, expected_bytes: int) -> None:
@@ -206,7 +262,6 @@ class SegmentReader:
     """
 
     def __init__(self, root: Path, info: SegmentInfo, files: dict[str, dict[str, Any]], metric: str, dim: int) -> None:
-        import faiss
 
         self.info = info
         self.metric = metric
@@ -217,7 +272,7 @@ class SegmentReader:
             check_file(root / rel, files[rel]["bytes"])
         path = self.directory / INDEX_FILE
         try:
-            self.index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+            self.index = read_faiss(path, ondisk=info.ondisk)
         except RuntimeError:
             raise IndexDirError(f"{path}: unreadable FAISS index; run `simtool index verify`") from None
         if self.index.ntotal != info.count or self.index.d != dim:

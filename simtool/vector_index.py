@@ -7,10 +7,15 @@ path works where faiss is not installed.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,6 +26,9 @@ METRICS = ("ip", "l2")
 FLAT_MAX_N = 100_000
 GPU_MAX_K = 2048  # faiss-gpu's k-selection limit; larger k is served on the CPU copy
 ADD_CHUNK = 65_536
+IVFDATA_SUFFIX = ".ivfdata"  # beside an index whose inverted lists live on disk
+
+log = logging.getLogger(__name__)
 
 
 def _faiss() -> Any:
@@ -101,6 +109,27 @@ def training_sample_size(index: Any) -> int:
     return max(need, 1)
 
 
+def needs_training(factory: str, dim: int) -> bool:
+    """Whether a FAISS index of this factory must be trained (IVF, PQ, SQ...) before vectors are added."""
+    return not new_faiss_index(factory, dim, "ip").is_trained
+
+
+def is_ivf(index: Any) -> bool:
+    """An inverted-file index (possibly behind a pre-transform), whose lists can be merged."""
+    return _faiss().try_extract_index_ivf(index) is not None
+
+
+def training_rows(n: int, index: Any, seed: int = 0) -> np.ndarray:
+    """The seeded, sorted sample of row numbers out of ``n`` that trains ``index``."""
+    faiss = _faiss()
+    size = training_sample_size(index)
+    if n < size and "IVF" in type(faiss.try_extract_index_ivf(index) or index).__name__:
+        nlist = faiss.extract_index_ivf(index).nlist
+        if n < nlist:
+            raise SimtoolError(f"{n} vectors cannot train an index with {nlist} IVF lists; use fewer lists")
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
+
+
 def fill_index(
     index: Any,
     vectors: np.ndarray,
@@ -112,25 +141,120 @@ def fill_index(
     """Train ``index`` if needed on a seeded sample of ``vectors`` ``(n, d) float32`` and add them all.
 
     With ``gpu`` and faiss GPUs present the work runs on GPU; the returned index is on the CPU.
+    ``vectors`` may be any sized object that slices and takes sorted row arrays (a memmap, a lazy view).
     """
     faiss = _faiss()
     work = to_gpu(index) if gpu else None
     target = work if work is not None else index
     n = len(vectors)
     if not target.is_trained:
-        size = training_sample_size(index)
-        if n < size and "IVF" in type(faiss.try_extract_index_ivf(index) or index).__name__:
-            nlist = faiss.extract_index_ivf(index).nlist
-            if n < nlist:
-                raise SimtoolError(f"{n} vectors cannot train an index with {nlist} IVF lists; use fewer lists")
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
-        target.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+        target.train(np.ascontiguousarray(vectors[training_rows(n, index, seed)], dtype=np.float32))
     for start in range(0, n, ADD_CHUNK):
         chunk = np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32)
         target.add(chunk)
         if on_progress:
             on_progress(len(chunk))
     return faiss.index_gpu_to_cpu(work) if work is not None else index
+
+
+def trained_index(factory: str, dim: int, metric: str, vectors: Any, *, gpu: bool = False, seed: int = 0) -> Any:
+    """A new, empty ``factory`` index trained on the seeded sample of ``vectors`` (n, dim) that
+    :func:`fill_index` would train on: filling it gives what ``fill_index`` gives."""
+    faiss = _faiss()
+    index = new_faiss_index(factory, dim, metric)
+    work = to_gpu(index) if gpu else None
+    target = work if work is not None else index
+    target.train(np.ascontiguousarray(vectors[training_rows(len(vectors), index, seed)], dtype=np.float32))
+    return faiss.index_gpu_to_cpu(work) if work is not None else index
+
+
+def read_faiss(path: Path, *, ondisk: bool = False) -> Any:
+    """Open a FAISS file read-only, memory-mapped where the type allows.
+
+    ``ondisk``: its inverted lists live in ``<path>.ivfdata`` beside it (written by
+    :func:`merge_inverted_lists`). FAISS stores that file's path as it was at write time, so the
+    lists are re-attached here from the file's current directory: a moved index still opens.
+    """
+    faiss = _faiss()
+    if not ondisk:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    lists.filename = str(path.with_suffix(IVFDATA_SUFFIX))
+    lists.read_only = True
+    lists.do_mmap()
+    return index
+
+
+def merge_inverted_lists(template: Any, shards: Sequence[Any], path: Path) -> Any:
+    """One IVF index holding every shard's vectors, its lists written to ``<path>.ivfdata``.
+
+    The steps of ``faiss.contrib.ondisk.merge_ondisk``, with the shards already open (simtool
+    re-attaches on-disk lists itself, see :func:`read_faiss`): no vector is re-encoded and the
+    lists never need to fit in memory. Every shard is ``template`` (trained, empty) plus vectors
+    with ids ``0..n-1``; in the result, shard ``j``'s ids follow those of shards ``0..j-1``. The
+    result is written to ``path``.
+    """
+    faiss = _faiss()
+    index = faiss.clone_index(template)
+    ivf = faiss.extract_index_ivf(index)
+    if index.ntotal:
+        raise SimtoolError("merge_inverted_lists: the template must be empty")
+    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(path.with_suffix(IVFDATA_SUFFIX)))
+    inputs = faiss.InvertedListsPtrVector()
+    for shard in shards:
+        inputs.push_back(faiss.extract_index_ivf(shard).invlists)
+    # Not shift_ids=True: faiss 1.15 offsets shard i by the sizes of shards 1..i, not 0..i-1. The lists
+    # come out shard after shard, so the ids are shifted here, in the mapped file.
+    with _c_stdout_to_log():
+        ntotal = lists.merge_from_multiple(inputs.data(), inputs.size(), False)
+    _shift_ids(lists, [faiss.extract_index_ivf(s).invlists for s in shards], [s.ntotal for s in shards])
+    index.ntotal = ivf.ntotal = ntotal
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()
+    faiss.write_index(index, str(path))
+    return index
+
+
+def _shift_ids(lists: Any, inputs: Sequence[Any], sizes: Sequence[int]) -> None:
+    """Give the entries of ``inputs[j]`` in the merged ``lists`` ids ``offset_j + id``; checks that
+    the result numbers the rows ``0..n-1`` exactly once."""
+    faiss = _faiss()
+    offsets = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
+    seen = np.zeros(int(sum(sizes)), dtype=bool)
+    for j in range(lists.nlist):
+        n = lists.list_size(j)
+        if n == 0:
+            continue
+        ptr = lists.get_ids(j)
+        ids = faiss.rev_swig_ptr(ptr, n)  # a view of the mapped file: shifted in place
+        pos = 0
+        for src, offset in zip(inputs, offsets, strict=True):
+            m = src.list_size(j)
+            ids[pos : pos + m] += offset
+            pos += m
+        seen[ids] = True
+        lists.release_ids(j, ptr)
+    if not seen.all():
+        raise SimtoolError("merge_inverted_lists: the merged ids do not number every row once")
+
+
+@contextlib.contextmanager
+def _c_stdout_to_log() -> Iterator[None]:
+    """FAISS's on-disk lists printf their resizing to stdout, where it would corrupt ``--json``
+    output: send file descriptor 1 to a temporary file for the duration and log what came."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                log.debug("faiss: %s", line)
 
 
 def to_gpu(index: Any) -> Any | None:

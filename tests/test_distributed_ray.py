@@ -201,10 +201,16 @@ def test_cli_index_build_ray_equals_in_process_build(
         "auto",
         "--workers",
         "2",
+        "--segment-rows",
+        "150",
     )
     assert code == 0, err
     report = json.loads(out)
     assert report["count"] == 400 and report["ray"]["workers"] == 2
+    # streamed into three segments; an IVF factory trained once, on the in-process build's sample
+    assert [s["count"] for s in report["segments"]] == [150, 150, 100]
+    if factory != "Flat":
+        assert {s["trained"] for s in report["segments"]} == {report["trained"]["file"]}
     one, ray = live_vectors(tmp_path / "one"), live_vectors(tmp_path / "ray")
     np.testing.assert_allclose(ray, one, atol=1e-6, rtol=0)
     queries = np.asarray(one)[::23]

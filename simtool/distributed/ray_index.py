@@ -1,10 +1,14 @@
 """Building or adding to a live index from a Ray cluster: actors encode, the driver commits once.
 
 Each Ray batch comes back as one :class:`simtool.index.EncodedPart` (documents + raw vectors
-``(n, d) float32``); nothing touches the index until every part is in, then :meth:`Index.append`
-publishes them as one generation. A failed job (duplicate id, worker error) writes nothing. Ray
-retries a killed actor's batch; the driver only ever keeps the one result Ray delivers per block,
-so a retry cannot duplicate a row.
+``(n, d) float32``). The driver streams the parts into new segments of at most ``segment_rows``
+rows as they arrive (it holds the ids, never the vectors), checks each id against every earlier
+one, and publishes all the segments as one generation at the end. A factory that must be trained
+(IVF, PQ) is trained once, on a seeded sample of every row, and each segment is filled from it, as
+the single-process build trains, so both builds give the same index; segments filled from one
+trained IVF index later merge their inverted lists on disk (:meth:`Index.compact`). A failed job
+(duplicate id, worker error) writes nothing. Ray retries a killed actor's batch; the driver keeps
+the one result Ray delivers per block, so a retry cannot duplicate a row.
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ import numpy as np
 
 from simtool.corpus import Document
 from simtool.distributed.ray_encode import RayOptions, actor_plan, corpus_dataset, encoded_dataset
-from simtool.errors import CorpusError, SimtoolError
-from simtool.index import EncodedPart, Index, OnDuplicate, build_index, model_info
+from simtool.errors import SimtoolError
+from simtool.index import EncodedPart, Index, OnDuplicate, build_index, model_info, unique_ids
 from simtool.manifest import ModelInfo
 
 log = logging.getLogger(__name__)
+
+# Rows per segment written by a Ray job: each segment's FAISS index is built from its own memory-mapped
+# vectors, so this bounds the driver's peak memory (1M x 384 float32 = 1.5 GB) while a large job still
+# yields few segments for searches to fan out over.
+DEFAULT_SEGMENT_ROWS = 1_000_000
 
 
 def encode_parts_ray(
@@ -57,17 +66,15 @@ def encode_parts_ray(
         yield EncodedPart(docs, np.ascontiguousarray(np.stack(list(batch["embedding"])), dtype=np.float32))
 
 
-def _parts_with_unique_ids(parts: list[EncodedPart], paths: Sequence[str | Path]) -> int:
-    """The number of documents; a duplicate id anywhere fails here, naming it, before anything is written."""
-    seen: set[str] = set()
+def _counted(parts: Iterator[EncodedPart], counter: list[int]) -> Iterator[EncodedPart]:
     for part in parts:
-        for doc in part.docs:
-            if doc.id in seen:
-                raise CorpusError(f"duplicate id {doc.id!r} across the input files {', '.join(map(str, paths))}")
-            seen.add(doc.id)
-    if not seen:
-        raise SimtoolError(f"{', '.join(map(str, paths))}: nothing to index")
-    return len(seen)
+        counter[0] += len(part.docs)
+        counter[1] += 1
+        yield part
+
+
+def _files(paths: Sequence[str | Path]) -> str:
+    return f"the input files {', '.join(map(str, paths))}"
 
 
 def build_index_ray(
@@ -84,22 +91,21 @@ def build_index_ray(
     options: RayOptions | None = None,
     batch_size: int = 64,
     fields: dict[str, str | None] | None = None,
+    segment_rows: int | None = DEFAULT_SEGMENT_ROWS,
 ) -> dict[str, Any]:
     """Encode corpus files on Ray and build a new index from them, which appears whole or not at all.
 
     The driver loads the model once (for its fingerprint and dimension); every actor checks its copy
-    against that fingerprint. IVF/PQ factories train once on the driver, over all parts, exactly as the
-    single-process build does, so both builds give the same index. Returns
-    ``{"generation", "added", "parts", "workers"}``.
+    against that fingerprint. Returns ``{"generation", "added", "parts", "segments", "workers"}``.
     """
     from simtool.encoder import load_encoder
 
     options = options or RayOptions()
     encoder = load_encoder(model, pooling, None, max_seq_length)
-    parts = list(encode_parts_ray(paths, model_info(encoder), options=options, batch_size=batch_size, fields=fields))
-    added = _parts_with_unique_ids(parts, paths)
+    counter = [0, 0]
+    parts = encode_parts_ray(paths, model_info(encoder), options=options, batch_size=batch_size, fields=fields)
     manifest = build_index(
-        parts,
+        unique_ids(_counted(parts, counter), _files(paths)),
         index_dir,
         model=encoder,
         factory=factory,
@@ -107,9 +113,16 @@ def build_index_ray(
         gpu=gpu,
         memory_budget=memory_budget,
         progress=False,
+        segment_rows=segment_rows,
     )
-    log.info("built %d documents from %d Ray parts as generation %d", added, len(parts), manifest.generation)
-    return {"generation": manifest.generation, "added": added, "parts": len(parts), "workers": actor_plan(options)[0]}
+    log.info("built %d documents from %d Ray parts as generation %d", counter[0], counter[1], manifest.generation)
+    return {
+        "generation": manifest.generation,
+        "added": counter[0],
+        "parts": counter[1],
+        "segments": len(manifest.segments),
+        "workers": actor_plan(options)[0],
+    }
 
 
 def add_to_index_ray(
@@ -121,11 +134,12 @@ def add_to_index_ray(
     fields: dict[str, str | None] | None = None,
     on_duplicate: OnDuplicate = "error",
     lock_timeout: float = 30.0,
+    segment_rows: int | None = DEFAULT_SEGMENT_ROWS,
 ) -> dict[str, Any]:
     """Encode corpus files on Ray with the index's own model and commit them as ONE generation.
 
     Ids must be unique across all files (a duplicate fails before any commit, naming it).
-    Returns ``{"generation", "added", "parts", "workers"}``. Parts are held in memory until the commit.
+    Returns ``{"generation", "added", "parts", "segments", "workers"}``.
     """
     options = options or RayOptions()
     index = Index(index_dir, lock_timeout=lock_timeout)
@@ -134,8 +148,20 @@ def add_to_index_ray(
         raise SimtoolError(
             f"{index.directory}: built with long_text {index.manifest.long_text['mode']!r}, not on Ray yet"
         )
-    parts = list(encode_parts_ray(paths, index.manifest.model, options=options, batch_size=batch_size, fields=fields))
-    added = _parts_with_unique_ids(parts, paths)
-    generation = index.append(iter(parts), on_duplicate=on_duplicate)
-    log.info("committed %d documents from %d Ray parts as generation %d", added, len(parts), generation)
-    return {"generation": generation, "added": added, "parts": len(parts), "workers": actor_plan(options)[0]}
+    before = {s.name for s in index.manifest.segments}
+    counter = [0, 0]
+    parts = encode_parts_ray(paths, index.manifest.model, options=options, batch_size=batch_size, fields=fields)
+    generation = index.append(
+        _counted(parts, counter), on_duplicate=on_duplicate, segment_rows=segment_rows, source=_files(paths)
+    )
+    if counter[0] == 0:
+        raise SimtoolError(f"{', '.join(map(str, paths))}: nothing to index")
+    log.info("committed %d documents from %d Ray parts as generation %d", counter[0], counter[1], generation)
+    new = [s for s in index.manifest.segments if s.name not in before]
+    return {
+        "generation": generation,
+        "added": counter[0],
+        "parts": counter[1],
+        "segments": len(new),
+        "workers": actor_plan(options)[0],
+    }
