@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,9 @@ def init_ray(options: RayOptions) -> Any:
     # output; they stay in Ray's session logs, and errors still surface as exceptions.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray counts read tasks (one per file), not the blocks each yields: with one file it warns that the
+    # actor pool "won't fully utilize" its actors, though every actor gets blocks (block_rows below).
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"address": options.address, "log_to_driver": False, "logging_level": logging.ERROR}
         if options.address is None and options.num_cpus is not None:
