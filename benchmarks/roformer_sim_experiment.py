@@ -171,6 +171,40 @@ def before(work: Path, judge: Any, test: Path) -> dict[str, Any]:
     return baseline
 
 
+def markdown(report: dict[str, Any]) -> str:
+    runs, base = report["runs"], report["baseline"]
+    first = next(iter(runs.values()))
+    gen0 = first["generation"]
+    lines = [
+        "# RoFormer-Sim from all-MiniLM-L6-v2 on English pairs",
+        "",
+        f"Train pairs: {report['train_pairs']}; settings: {first['settings']} (distill adds teacher and lambda).",
+        f"Generation: first {gen0['texts']} STS-B test sentence1, {gen0['candidates_per_text']} candidates each "
+        "(top-p 0.95, max length 64), input dropped, ranked by the model's own cosine; judged by the untouched "
+        "all-MiniLM-L6-v2. CPU fp32, 1 thread per run, nice 10, 2 cores shared with other jobs.",
+        "",
+        f"Before: default model {base['stsb_test_default_model']}; the untrained stack's retrieval side "
+        f"([CLS] + linear pooler) {base['stsb_test_untrained_stack_retrieval_side']}.",
+        "",
+        "| run | steps | train s | STS-B test | judge cos (top) | top differs | distinct-2 | samples copying "
+        "source | gen tok/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        g = r["generation"]
+        lines.append(
+            f"| {name} | {r['steps']} | {r['train_seconds']:.0f} | {r['stsb_test']:.2f} | "
+            f"{g['judge_cosine_top_mean']:.3f} | {g['top_differs_from_source']:.0%} | "
+            f"{g['distinct_2_all_candidates']:.3f} | {g['raw_samples_copying_source']:.0%} | {g['tokens_per_second']} |"
+        )
+    for name, r in runs.items():
+        lines += ["", f"## Samples ({name})", ""]
+        for sample in r["generation"]["samples"]:
+            top = sample["top"][0] if sample["top"] else ["(none)", 0.0]
+            lines.append(f"- {sample['input']} -> {top[0]} ({top[1]:.3f})")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -207,6 +241,7 @@ def main() -> None:
     report = {"model": "all-MiniLM-L6-v2", "train_pairs": counts, "baseline": baseline, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "roformer_sim_en.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (args.out / "roformer_sim_en.md").write_text(markdown(report), encoding="utf-8")
     print(
         json.dumps(
             {
