@@ -8,6 +8,7 @@ index can tell whether a query is encoded by the model that built it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -122,19 +123,63 @@ def load_encoder(
     return attach_backend(model, backend, path)
 
 
-def _load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
+def _simtool_module_classes() -> dict[str, type[torch.nn.Module]]:
+    """simtool's own sentence-transformers modules, by class name (the last part of a ``modules.json`` type)."""
     from simtool.roformer_sim import UniLMHead
 
-    types = {m.get("type", "") for m in json.loads((path / "modules.json").read_text())}
-    classes = {"LayerPooling": LayerPooling, "UniLMHead": UniLMHead}
-    ours: dict[str, Any] = {
-        t: classes[t.rsplit(".", 1)[-1]] for t in types if t.startswith("simtool.") and t.rsplit(".", 1)[-1] in classes
-    }
-    if ours:
-        # simtool's own modules are installed code, not remote code: resolve them directly
-        # instead of asking for trust_remote_code, which would also trust the model's files.
-        return SentenceTransformer._load_with_module_classes(str(path), ours, device=device, local_files_only=True)
-    return SentenceTransformer(str(path), device=device, local_files_only=True)
+    return {"LayerPooling": LayerPooling, "UniLMHead": UniLMHead}
+
+
+def _load_sentence_transformer(path: Path, device: str) -> SentenceTransformer:
+    entries = json.loads((path / "modules.json").read_text())
+    if not any(str(e.get("type", "")).startswith("simtool.") for e in entries):
+        return SentenceTransformer(str(path), device=device, local_files_only=True)
+    return _load_with_simtool_modules(path, entries, device)
+
+
+def _load_with_simtool_modules(path: Path, entries: list[dict[str, Any]], device: str) -> SentenceTransformer:
+    """Assemble a directory whose ``modules.json`` names simtool's modules, without ``trust_remote_code``.
+
+    sentence-transformers 6 imports a type outside its own namespace only with ``trust_remote_code``, which
+    would also trust whatever code the directory ships; and it has no public hook that maps a type to an
+    installed class. simtool's modules are installed code, so this reads ``modules.json`` itself: its own
+    types map to their classes, every other type goes through sentence-transformers' public
+    ``import_module_class`` (its gate included), and each module is built by its public ``load``.
+    ``config_sentence_transformers.json`` (prompts, similarity, truncation) and per-module ``kwargs`` are kept.
+    """
+    from sentence_transformers.util import import_module_class
+
+    ours = _simtool_module_classes()
+    modules: list[torch.nn.Module] = []
+    for entry in entries:
+        ref, sub = str(entry["type"]), str(entry.get("path", ""))
+        if Path(sub).is_absolute() or ".." in Path(sub).parts:
+            raise SimtoolError(f"{path / 'modules.json'}: module path {sub!r} leaves the model directory")
+        name = ref.rsplit(".", 1)[-1]
+        if ref.startswith("simtool.") and name in ours:
+            cls: Any = ours[name]
+        else:
+            try:
+                cls = import_module_class(ref, model_name_or_path=str(path), local_files_only=True)
+            except (ImportError, ValueError) as e:
+                raise SimtoolError(f"{path / 'modules.json'}: cannot load module type {ref!r}: {e}") from None
+        if len(inspect.signature(cls.load).parameters) == 1:  # pre-v3 modules: load(path) only
+            modules.append(cls.load(str(path / sub)))
+        else:
+            modules.append(cls.load(str(path), subfolder=sub, local_files_only=True))
+    config_file = path / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    model = SentenceTransformer(
+        modules=modules,
+        device=device,
+        prompts=config.get("prompts") or None,
+        default_prompt_name=config.get("default_prompt_name"),
+        similarity_fn_name=config.get("similarity_fn_name"),
+        truncate_dim=config.get("truncate_dim"),
+    )
+    # Modules are renamed by position ("0", "1", ...), as in every directory simtool saves.
+    model.module_kwargs = {str(i): e.get("kwargs", []) for i, e in enumerate(entries)}
+    return model
 
 
 def _replace_pooling(model: SentenceTransformer, mode: str) -> None:
@@ -144,7 +189,7 @@ def _replace_pooling(model: SentenceTransformer, mode: str) -> None:
     transformer = model[0]
     if not isinstance(transformer, Transformer):
         raise SimtoolError("pooling can only be set on transformer-based models")
-    model._modules[str(idx)] = _pooling_module(mode, transformer.get_embedding_dimension())
+    model[idx] = _pooling_module(mode, transformer.get_embedding_dimension())
     transformer.auto_model.config.output_hidden_states = mode == "first-last-avg"
 
 

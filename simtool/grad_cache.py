@@ -339,9 +339,20 @@ def naive_accumulation_backward(
     return total
 
 
-def freeze_unused_parameters(model: nn.Module, sample_features: dict[str, Tensor]) -> list[str]:
-    """Set ``requires_grad=False`` on parameters that never reach the sentence embedding; return their names.
+Probe = Callable[[Any, dict[str, Tensor]], Tensor]
 
+
+def _sentence_embedding_probe(model: Any, features: dict[str, Tensor]) -> Tensor:
+    return model(features)["sentence_embedding"].float().sum()
+
+
+def freeze_unused_parameters(
+    model: nn.Module, sample_features: dict[str, Tensor], probe: Probe | None = None
+) -> list[str]:
+    """Set ``requires_grad=False`` on parameters that never reach the loss; return their names.
+
+    ``probe(model, features)`` is a scalar that reaches every parameter the loss trains (default: the sum of the
+    sentence embeddings; roformer-sim adds its LM head's cross-entropy, which runs outside the forward).
     Needed before DDP (``find_unused_parameters=False``): e.g. BERT's pooler runs in the forward but the
     embedding does not use it, so it never gets a gradient and DDP would wait for it forever. Freezing
     changes nothing else: such parameters have no gradient, so the optimizer never updates them.
@@ -349,7 +360,7 @@ def freeze_unused_parameters(model: nn.Module, sample_features: dict[str, Tensor
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):  # keep the training RNG streams untouched
         model.zero_grad(set_to_none=True)
-        model(sample_features)["sentence_embedding"].float().sum().backward()
+        (probe or _sentence_embedding_probe)(model, sample_features).backward()
     frozen = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad and parameter.grad is None:
@@ -359,9 +370,12 @@ def freeze_unused_parameters(model: nn.Module, sample_features: dict[str, Tensor
     return frozen
 
 
-def wrap_ddp(model: nn.Module, sample_features: dict[str, Tensor]) -> DistributedDataParallel:
-    """Wrap ``model`` for data-parallel training (process group already initialised, model on its device)."""
-    freeze_unused_parameters(model, sample_features)
+def wrap_ddp(
+    model: nn.Module, sample_features: dict[str, Tensor], probe: Probe | None = None
+) -> DistributedDataParallel:
+    """Wrap ``model`` for data-parallel training (process group already initialised, model on its device);
+    ``probe``: see :func:`freeze_unused_parameters`."""
+    freeze_unused_parameters(model, sample_features, probe)
     device = next(model.parameters()).device
     # BERT's buffers (position ids) are constants: no broadcast before every forward pass. torch 2.13
     # renamed the option; older versions only know broadcast_buffers.

@@ -448,9 +448,26 @@ class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
             return self._forward_cached(features[0], labels)
         vectors = self.embed(features[0])
         ce, count = self._seq2seq_sum(features[0])
-        parts = {"seq2seq": ce / max(count, 1), **self.embeddings_loss_parts([vectors], labels)}
+        ce_global, per_rank = self._global_tokens(float(ce.detach()), count, ce.device)
+        parts = {"seq2seq": ce / per_rank, **self.embeddings_loss_parts([vectors], labels)}
         self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
+        self.last_parts["seq2seq"] = ce_global
         return sum(parts.values())  # type: ignore[return-value]
+
+    def _global_tokens(self, ce_sum: float, count: int, device: torch.device) -> tuple[float, float]:
+        """``(mean CE over the global batch's target tokens, global tokens / world)``.
+
+        Ranks hold different numbers of target tokens, and DDP averages gradients over ranks; dividing each
+        rank's summed CE by ``N_global / world`` makes that average the gradient of the global token mean
+        (one all-reduce of two scalars). Without a process group: ``(ce_sum / count, count)``.
+        """
+        world = rank_and_world()[1] if self.gather else 1
+        if world == 1:
+            return ce_sum / max(count, 1), float(max(count, 1))
+        totals = torch.tensor([ce_sum, float(count)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        tokens = max(float(totals[1]), 1.0)
+        return float(totals[0]) / tokens, tokens / world
 
     def _forward_cached(self, features: dict[str, Tensor], labels: Tensor | None) -> Tensor:
         from simtool.grad_cache import (
@@ -472,14 +489,14 @@ class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
                 ce, k = self._seq2seq_sum(mb)
             ce_total, count = ce_total + float(ce), count + k
         parts, grads = loss_and_embedding_grads(self.rows_loss, [torch.cat(vectors)], labels, b, gather=self.gather)
-        parts = {"seq2seq": ce_total / max(count, 1), **parts}
+        ce_mean, tokens_total = self._global_tokens(ce_total, count, vectors[0].device)
+        parts = {"seq2seq": ce_mean, **parts}
         self.last_parts = parts
         self._tokens = None
         value = torch.tensor(sum(parts.values()), device=vectors[0].device)
         if not torch.is_grad_enabled():
             return value
         value.requires_grad_()
-        tokens_total = max(count, 1)
 
         def seq2seq_share(column: int, begin: int, end: int, h: Tensor) -> Tensor:
             ce, _ = self._seq2seq_sum(minibatch(features, begin, end))

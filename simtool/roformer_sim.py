@@ -547,17 +547,30 @@ def generate_similar(
             max_length=max_length,
             seed=seed,
         )
-        kept: list[list[str]] = []
-        for text, cands in zip(texts, sampled, strict=True):
-            norm = _normalise(text)
-            seen, keep = {norm}, []
-            for c in cands:
-                c = c.strip()
-                if c and _normalise(c) not in seen:
-                    seen.add(_normalise(c))
-                    keep.append(c)
-            kept.append(keep)
-        flat = [t for text, keep in zip(texts, kept, strict=True) for t in (text, *keep)]
+    finally:
+        model.train(was_training)
+    return rank_candidates(model, texts, sampled, n=n, rerank=rerank)
+
+
+def rank_candidates(
+    model: Any, texts: Sequence[str], sampled: Sequence[Sequence[str]], *, n: int = 5, rerank: bool = True
+) -> list[list[tuple[str, float]]]:
+    """The second half of :func:`generate_similar`: per text, drop empty candidates, duplicates and the text
+    itself (case and whitespace ignored), score the rest by the model's cosine to the text ([CLS] vectors) and
+    keep the top ``n`` (sampling order without ``rerank``). ``sampled``: one list of candidates per text."""
+    kept: list[list[str]] = []
+    for text, cands in zip(texts, sampled, strict=True):
+        seen, keep = {_normalise(text)}, []
+        for c in cands:
+            c = c.strip()
+            if c and _normalise(c) not in seen:
+                seen.add(_normalise(c))
+                keep.append(c)
+        kept.append(keep)
+    flat = [t for text, keep in zip(texts, kept, strict=True) for t in (text, *keep)]
+    was_training = model.training
+    model.eval()
+    try:
         vectors = model.encode(flat, convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
     finally:
         model.train(was_training)

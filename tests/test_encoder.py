@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,3 +104,57 @@ def test_default_model_is_minilm_offline() -> None:
     assert model.get_embedding_dimension() == 384
     emb = encode_texts(model, ["A man is playing a guitar.", "Someone plays the guitar.", "A cat sleeps."])
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3  # paraphrase much closer than an unrelated sentence
+
+
+def _simtool_module_dir(kind: str, tiny_bert: Path, target: Path) -> Any:
+    if kind == "layer-pooling":
+        model = load_encoder(tiny_bert, pooling="first-last-avg", device="cpu")
+    else:
+        from simtool.roformer_sim import build_roformer_sim
+
+        model = build_roformer_sim(str(tiny_bert), device="cpu")
+    model.prompts = {"query": "query: "}
+    model.eval()
+    model.save(str(target))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["layer-pooling", "unilm-head"])
+def test_simtool_modules_load_without_trust_remote_code(kind: str, tiny_bert: Path, tmp_path: Path) -> None:
+    """simtool assembles its own module stacks through public sentence-transformers API only."""
+    target = tmp_path / kind
+    model = _simtool_module_dir(kind, tiny_bert, target)
+    assert '"simtool.' in (target / "modules.json").read_text()
+    # Plain sentence-transformers refuses the directory without trust_remote_code: the reason simtool loads it.
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        SentenceTransformer(str(target), device="cpu")
+    ours = load_encoder(target, device="cpu")
+    # The reference: sentence-transformers' own loader, trusting the installed simtool classes by import path.
+    trusted = SentenceTransformer(str(target), device="cpu", trust_remote_code=True)
+    assert [type(m) for m in ours] == [type(m) for m in trusted] == [type(m) for m in model]
+    expected = encode_texts(model, TEXTS)
+    np.testing.assert_array_equal(encode_texts(ours, TEXTS), expected)
+    np.testing.assert_array_equal(encode_texts(trusted, TEXTS), expected)
+    assert model_fingerprint(ours) == model_fingerprint(model)
+    assert ours.prompts["query"] == "query: " and ours.similarity_fn_name == model.similarity_fn_name
+    assert ours.module_kwargs == trusted.module_kwargs
+    if kind == "unilm-head":
+        from simtool.roformer_sim import lm_head
+
+        hidden = torch.randn(3, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(lm_head(ours).logits(hidden), lm_head(model).logits(hidden), rtol=0, atol=0)
+        # Tied, not copied: the head decodes with the loaded backbone's own embedding matrix.
+        assert lm_head(ours)._tied[0] is ours[0].auto_model.get_input_embeddings()
+
+
+def test_simtool_stack_with_an_untrusted_type_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    import json
+
+    target = tmp_path / "m"
+    _simtool_module_dir("layer-pooling", tiny_bert, target)
+    entries = json.loads((target / "modules.json").read_text())
+    entries[0]["type"] = "evil_package.Transformer"
+    (target / "modules.json").write_text(json.dumps(entries))
+    with pytest.raises(SimtoolError, match=r"modules\.json.*evil_package\.Transformer"):
+        load_encoder(target, device="cpu")

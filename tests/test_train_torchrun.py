@@ -35,21 +35,24 @@ def _triplets(path: Path, rows: int) -> Path:
 def _weights(model_dir: Path) -> dict:
     from safetensors.torch import load_file
 
-    files = sorted(model_dir.glob("*.safetensors"))  # the final model, not checkpoints/
+    # The final model and its module folders (1_Pooling, 2_Dense, ...), not checkpoints/.
+    files = sorted([*model_dir.glob("*.safetensors"), *model_dir.glob("[0-9]*_*/*.safetensors")])
     assert files, f"no weights under {model_dir}"
     return {f"{p.relative_to(model_dir)}:{k}": v for p in files for k, v in load_file(p).items()}
 
 
-@pytest.mark.slow  # two torchrun processes plus a single-process run of the CLI
-@pytest.mark.timeout(240)
-def test_torchrun_two_processes_cli_equals_single_process_full_batch(tiny_bert: Path, tmp_path: Path) -> None:
-    import torch
+def _pairs(path: Path, rows: int) -> Path:
+    rng = random.Random(5)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sent0", "sent1"])
+        for i in range(rows):
+            w.writerow([" ".join(rng.choices(WORDS, k=rng.randint(2, 8))) + f" {i}" for _ in range(2)])
+    return path
 
-    data = _triplets(tmp_path / "triplets.csv", 32)
-    # Dropout off and file order: the only difference left between the runs is who embeds which rows.
-    args = ["train", "--recipe", "simcse-sup", "--data", str(data), "--model", str(tiny_bert), "--pooling", "mean",
-            "--batch-size", "16", "--mini-batch-size", "4", "--max-steps", "2", "--lr", "1e-3", "--dropout", "0",
-            "--shuffle-buffer", "0", "--device", "cpu", "--json"]  # fmt: skip
+
+def _train_ddp_and_single(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """``simtool train ARGS`` under torchrun with 2 processes (gloo, CPU) and as one process, same global batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
     ddp = subprocess.run(
@@ -62,8 +65,15 @@ def test_torchrun_two_processes_cli_equals_single_process_full_batch(tiny_bert: 
         env=env, capture_output=True, text=True, timeout=200,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
+    # Rank 0 alone wrote the final model: one copy, no per-rank leftovers.
+    assert not list((tmp_path / "ddp").glob("*rank*"))
+    return tmp_path / "ddp", tmp_path / "single"
 
-    start, trained, reference = _weights(tiny_bert), _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+
+def _assert_same_trained_weights(start_dir: Path, ddp_dir: Path, single_dir: Path) -> None:
+    import torch
+
+    start, trained, reference = _weights(start_dir), _weights(ddp_dir), _weights(single_dir)
     assert trained.keys() == reference.keys()
     # softmax(q.k + q.b) == softmax(q.k): the attention key bias gets a gradient of float noise, which AdamW
     # scales to lr-sized steps that differ run to run; it cannot change an output, so the outputs are compared.
@@ -75,10 +85,38 @@ def test_torchrun_two_processes_cli_equals_single_process_full_batch(tiny_bert: 
         torch.testing.assert_close(trained[key], expected, rtol=1e-4, atol=1e-5, msg=key)
         moved += key in start and not torch.equal(start[key], expected)
     assert moved > 0, "training changed no weight: the comparison would hold for an untrained model"
+
+
+@pytest.mark.slow  # two torchrun processes plus a single-process run of the CLI
+@pytest.mark.timeout(240)
+def test_torchrun_two_processes_cli_equals_single_process_full_batch(tiny_bert: Path, tmp_path: Path) -> None:
+    data = _triplets(tmp_path / "triplets.csv", 32)
+    # Dropout off and file order: the only difference left between the runs is who embeds which rows.
+    args = ["train", "--recipe", "simcse-sup", "--data", str(data), "--model", str(tiny_bert), "--pooling", "mean",
+            "--batch-size", "16", "--mini-batch-size", "4", "--max-steps", "2", "--lr", "1e-3", "--dropout", "0",
+            "--shuffle-buffer", "0", "--device", "cpu", "--json"]  # fmt: skip
+    ddp, single = _train_ddp_and_single(args, tmp_path)
+    _assert_same_trained_weights(tiny_bert, ddp, single)
     from simtool.encoder import encode_texts, load_encoder
 
     texts = [" ".join(WORDS[i : i + 6]) for i in range(0, 60, 6)]
-    vectors = [encode_texts(load_encoder(tmp_path / run, device="cpu"), texts) for run in ("ddp", "single")]
+    vectors = [encode_texts(load_encoder(run, device="cpu"), texts) for run in (ddp, single)]
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-5, rtol=0)
-    # Rank 0 alone wrote the final model: one copy, no per-rank leftovers.
-    assert not list((tmp_path / "ddp").glob("*rank*"))
+
+
+@pytest.mark.slow  # two torchrun processes plus a single-process run of the CLI
+@pytest.mark.timeout(240)
+def test_torchrun_roformer_sim_equals_single_process_full_batch(tiny_bert: Path, tmp_path: Path) -> None:
+    """The combined loss under DDP: [CLS] vectors all-gathered for the contrastive part, the seq2seq part
+    normalised over the global batch, so 2 processes x 4 pairs train what 1 process x 8 pairs does."""
+    import torch
+
+    data = _pairs(tmp_path / "pairs.csv", 16)
+    args = ["train", "--recipe", "roformer-sim", "--data", str(data), "--model", str(tiny_bert),
+            "--batch-size", "8", "--mini-batch-size", "2", "--max-steps", "2", "--lr", "1e-3", "--dropout", "0",
+            "--max-seq-length", "32", "--shuffle-buffer", "0", "--device", "cpu", "--json"]  # fmt: skip
+    ddp, single = _train_ddp_and_single(args, tmp_path)
+    _assert_same_trained_weights(tiny_bert, ddp, single)
+    # The LM head (not in the start checkpoint) trained identically too, and it did train.
+    head = {k: v for k, v in _weights(single).items() if k.startswith("3_UniLMHead")}
+    assert head and any(not torch.equal(v, torch.zeros_like(v)) for k, v in head.items() if k.endswith("bias"))

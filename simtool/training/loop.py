@@ -485,6 +485,9 @@ class _Run:
         if self.dtype == torch.float16 and self.device.type != "cuda":
             raise SimtoolError("precision='fp16' needs a CUDA device; use bf16 or fp32 on CPU")
         self.recipe = get_recipe(config.recipe)
+        # A recipe's model may get new randomly initialised layers (roformer-sim's LM head): the same seed on
+        # every rank and every run gives the same initial model, so a run is reproducible and DDP equals 1 process.
+        torch.manual_seed(config.seed)
         if self.recipe.build_model is not None:
             self.model = self.recipe.build_model(str(checkpoint) if checkpoint else config.model, str(self.device))
         else:
@@ -504,7 +507,7 @@ class _Run:
             self.teacher.eval()
         trained: torch.nn.Module = self.model
         if self.world > 1:
-            trained = wrap_ddp(self.model, self._inputs([("a b", "c")] * 2, 0)[0][0])
+            trained = wrap_ddp(self.model, self._inputs([("a b", "c")] * 2, 0)[0][0], self.recipe.probe)
         self.loss_fn = build_loss(config, trained, self.local_batch, self.dtype)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay

@@ -26,8 +26,9 @@ class Recipe:
     Recipes whose model is more than a sentence encoder also set: ``build_model(source, device)`` (the model to
     train from a model name/directory or a checkpoint; default :func:`simtool.encoder.load_encoder`),
     ``inputs(model, rows, config, step)`` → ``(features list, teacher texts)`` (default: each column tokenised by
-    ``model.preprocess``, the teacher reads the first column) and ``export(output_dir)`` (run on the published
-    final model, e.g. to save a retrieval-only copy).
+    ``model.preprocess``, the teacher reads the first column), ``export(output_dir)`` (run on the published
+    final model, e.g. to save a retrieval-only copy) and ``probe(model, features)`` (a scalar reaching every
+    parameter the loss trains, when some are used outside the forward; DDP freezes the others).
     """
 
     name: str
@@ -37,6 +38,7 @@ class Recipe:
     build_model: Callable[[str | None, str], Any] | None = None
     inputs: Callable[[Any, list[tuple[str, ...]], Any, int], tuple[list[dict[str, Any]], list[str]]] | None = None
     export: Callable[[Path], None] | None = None
+    probe: Callable[[Any, dict[str, Any]], Any] | None = None
 
 
 RECIPES: dict[str, Recipe] = {}

@@ -89,4 +89,13 @@ def export(output: Path) -> None:
     replace_dir(staging, target)
 
 
-RECIPE = register(Recipe("roformer-sim", columns, loss_class, texts_per_row, build_model, inputs, export))
+def probe(model: Any, features: dict[str, Any]) -> Any:
+    """The [CLS] vectors and the LM head's cross-entropy: the head runs outside the forward, so DDP must not
+    take its parameters for unused ones."""
+    from simtool.roformer_sim import seq2seq_token_loss
+
+    out = model(features)
+    return out["sentence_embedding"].float().sum() + seq2seq_token_loss(model, features, out["token_embeddings"])[0]
+
+
+RECIPE = register(Recipe("roformer-sim", columns, loss_class, texts_per_row, build_model, inputs, export, probe))
