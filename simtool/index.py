@@ -717,10 +717,10 @@ class _Transaction:
             raw = writer.close_rows()
             chosen = self._segment_factory(len(raw), whole)
             trained = self.trained() if chosen == self.result.factory else None
-            merged = None
+            merged = False
             if trained is not None and is_ivf(trained[1]):
-                shards = self._shards(group, raw, trained)
-                merged = merge_inverted_lists(trained[1], shards, path / INDEX_FILE)
+                merge_inverted_lists(trained[1], self._shards(group, raw, trained), path / INDEX_FILE)
+                merged = True
             elif trained is None and chosen == self.result.factory:
                 trained = self._train(raw)
             info = writer.finish(
@@ -741,7 +741,7 @@ class _Transaction:
         self.result.segments = [s for s in self.result.segments if s.name not in names]
         self.result.count -= live
         self._add_segment(info)
-        return merged is not None
+        return merged
 
     def _shards(self, group: Sequence[SegmentInfo], raw: np.ndarray, trained: tuple[str, Any]) -> list[Any]:
         """Each segment of ``group`` as an IVF index of its live rows: its own FAISS index where that was

@@ -128,15 +128,15 @@ class SegmentWriter:
         reducers: Sequence[LinearReducer],
         gpu: bool = False,
         trained: tuple[str, Any] | None = None,
-        merged: Any = None,
+        merged: bool = False,
     ) -> SegmentInfo:
         """Write the FAISS index over the reduced vectors and flush everything to disk.
 
         ``trained``: ``(file, index)``, the index's trained empty FAISS index to fill instead of
-        training one. ``merged``: an index already written here by :func:`merge_inverted_lists`.
+        training one. ``merged``: its index is already written here by :func:`merge_inverted_lists`.
         """
         raw = self.close_rows()
-        if merged is not None:
+        if merged:
             info = SegmentInfo(
                 name=name, count=len(raw), factory=factory, search_params=default_search_params(factory), ondisk=True
             )
