@@ -34,10 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import torch
+from harness import rotated
 
 from simtool.backends import BACKENDS, backend_info
 from simtool.encoder import load_encoder
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[float]] = {m: [] for m in methods}
         names = list(methods)
         for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
+            order = rotated(names, r)
             for name in order:
                 started = time.perf_counter()
                 methods[name](texts)

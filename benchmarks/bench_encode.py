@@ -38,10 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import torch
+from harness import rotated
 
 from simtool.corpus import Document, read_documents
 from simtool.encoder import embedding_dim, encode_file, encode_stream, load_encoder
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[float]] = {m: [] for m in methods}
         names = list(methods)
         for r in range(args.repeats):
-            order = names[r % len(names) :] + names[: r % len(names)]
+            order = rotated(names, r)
             for name in order:
                 started = time.perf_counter()
                 methods[name]()

@@ -33,12 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import print_ratio_summary, ratio_summary, rotated_rounds
 
 from tests.conftest import shared_data_dir
 
@@ -52,26 +49,6 @@ def _corpus(n: int, directory: Path) -> Path:
     path = directory / "corpus.jsonl"
     path.write_text("".join(json.dumps({"_id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(lines)))
     return path
-
-
-def _rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each run per round, the order rotated every round."""
-    seconds: dict[str, list[float]] = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            seconds[name].append(runs[name]())
-    return seconds
-
-
-def _summary(seconds: dict[str, list[float]], base: str) -> dict[str, object]:
-    ratios = {k: [s / b for s, b in zip(v, seconds[base], strict=True)] for k, v in seconds.items() if k != base}
-    return {
-        "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
-        "median_seconds": {k: round(statistics.median(v), 3) for k, v in seconds.items()},
-        f"time_ratio_vs_{base}": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
-        f"median_time_ratio_vs_{base}": {k: round(statistics.median(v), 3) for k, v in ratios.items()},
-    }
 
 
 def main() -> None:
@@ -114,11 +91,11 @@ def main() -> None:
 
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        seconds = _rounds({"single": single, "ray1": lambda: on_ray(1), "ray2": lambda: on_ray(2)}, args.rounds)
+        seconds = rotated_rounds({"single": single, "ray1": lambda: on_ray(1), "ray2": lambda: on_ray(2)}, args.rounds)
         ray.shutdown()
         for name in ("ray1", "ray2"):  # the timing only means something if the indexes are the same
             np.testing.assert_allclose(live_vectors(tmp / name), live_vectors(tmp / "single"), atol=1e-5)
-        result["ray_build"] = _summary(seconds, "single")
+        result["ray_build"] = ratio_summary(seconds, "single")
         result["ray_build"]["median_docs_per_second"] = {  # type: ignore[index]
             k: round(args.docs / statistics.median(v), 1) for k, v in seconds.items()
         }
@@ -155,9 +132,9 @@ def main() -> None:
         build_index(parts, tmp / "direct", model=encoder, factory=args.factory, gpu=False, progress=False)
         return time.perf_counter() - started
 
-    seconds = _rounds({"direct": direct, "assemble": assemble, "retrain": retrain}, args.rounds)
+    seconds = rotated_rounds({"direct": direct, "assemble": assemble, "retrain": retrain}, args.rounds)
     assert Manifest.load(tmp / "assembled").segments[0].ondisk
-    result["assembly"] = {"factory": args.factory, "shards": len(parts), **_summary(seconds, "direct")}
+    result["assembly"] = {"factory": args.factory, "shards": len(parts), **ratio_summary(seconds, "direct")}
     shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(result))
@@ -169,11 +146,7 @@ def main() -> None:
         summary = result[part]
         assert isinstance(summary, dict)
         print(f"{part}:")
-        for name, values in summary["seconds"].items():
-            print(f"  {name:>8}: median {statistics.median(values):7.2f} s  rounds: " + ", ".join(map(str, values)))
-        for name, values in summary[f"time_ratio_vs_{base}"].items():
-            print(f"  {name} / {base} time: median {statistics.median(values):.2f}x  per round: "
-                  + ", ".join(f"{x:.2f}" for x in values))  # fmt: skip
+        print_ratio_summary(summary, base)
 
 
 if __name__ == "__main__":
