@@ -17,6 +17,7 @@ import numpy as np
 from simtool.corpus import Document
 from simtool.errors import SimtoolError
 from simtool.retriever import Filter, Hit
+from simtool.validate import check_k
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,7 @@ class ExternalVectorIndex:
         ``Hit.distance``: the similarity for cosine/ip (higher is closer), the squared L2 for l2 (lower)."""
         from simtool.filters import parse_filter
 
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         parse_filter(filter)  # a bad filter fails even on an empty store
         retriever = self._retriever
         if retriever is None or retriever.manifest.count == 0:
