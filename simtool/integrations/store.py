@@ -17,7 +17,7 @@ import numpy as np
 from simtool.corpus import Document
 from simtool.errors import SimtoolError
 from simtool.retriever import Filter, Hit
-from simtool.validate import check_k
+from simtool.validate import check_k, check_one_of
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class ExternalVectorIndex:
         embedding: Any = None,
         lock_timeout: float = 30.0,
     ) -> None:
-        if distance not in DISTANCES:
-            raise SimtoolError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        check_one_of("distance", distance, DISTANCES)
         self.index_dir = Path(index_dir)
         self.distance = distance
         self.framework = framework
