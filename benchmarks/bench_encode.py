@@ -44,6 +44,7 @@ from harness import rotated
 
 from simtool.corpus import Document, read_documents
 from simtool.encoder import embedding_dim, encode_file, encode_stream, load_encoder
+from simtool.protocols import encoder_info
 
 BUNDLED = Path(__file__).resolve().parents[1] / "simtool" / "data" / "python_reference.jsonl"
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "encode",
         "texts": label,
         "n": n,
-        "model": model.simtool_source,
+        "model": encoder_info(model).source,
         "device": str(model.device),
         "batch_size": args.batch_size,
         "repeats": args.repeats,

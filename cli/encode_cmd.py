@@ -73,6 +73,7 @@ def encode(
     from simtool.backends import backend_info
     from simtool.chunking import encode_long_file
     from simtool.encoder import embedding_dim, load_encoder
+    from simtool.protocols import encoder_info
 
     fields = corpus_fields(text_column, id_column, title_column)
     n = fields.count(input)
@@ -90,6 +91,7 @@ def encode(
         progress=not json_out,
     )
     seconds = time.perf_counter() - started
+    info = encoder_info(encoder)
     result = {
         "output": str(output),
         "ids": str(ids_path),
@@ -97,8 +99,8 @@ def encode(
         "rows": rows,
         "long_text": long_text,
         "dim": embedding_dim(encoder),
-        "model": encoder.simtool_source,
-        "pooling": encoder.simtool_pooling,
+        "model": info.source,
+        "pooling": info.pooling,
         "backend": backend_info(encoder),
         "seconds": round(seconds, 3),
         "texts_per_second": round(n / seconds, 1),

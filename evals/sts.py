@@ -41,8 +41,11 @@ from typing import Any
 
 import numpy as np
 
+from simtool.corpus import find_data_file as _find_file
 from simtool.corpus import iter_json_objects, iter_lines, iter_table_rows
 from simtool.errors import SimtoolError
+from simtool.protocols import Encoder as SentenceEncoder
+from simtool.protocols import TextEncoder, encoder_info
 
 from .metrics import sts_scores
 from .result import EvalResult
@@ -183,14 +186,6 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     for lineno, line in iter_lines(path):
         if line.strip():
             yield lineno, line.split("\t")
-
-
-def _find_file(directory: Path, name: str) -> Path | None:
-    """``name`` or ``name.gz`` in ``directory``."""
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _make(
@@ -481,7 +476,7 @@ def _read_pairs(path: Path, split: str | None, columns: PairColumns) -> StsData:
 # --------------------------------------------------------------------------- encoding and scoring
 
 
-Encoder = Any
+Encoder = TextEncoder | Callable[[list[str]], Any] | str | Path | None
 """What the scorers accept as a model (see :func:`encode_sentences`)."""
 
 
@@ -507,7 +502,7 @@ def encode_sentences(model: Encoder, texts: list[str], *, batch_size: int = 64, 
         from simtool.encoder import encode_texts
 
         return encode_texts(model, texts, batch_size=batch_size, progress=progress)
-    if hasattr(model, "encode"):
+    if isinstance(model, TextEncoder):
         out = model.encode(texts)
     elif callable(model):
         out = model(texts)
@@ -566,7 +561,7 @@ def evaluate_sts_data(model: Encoder, data: StsData, *, batch_size: int = 64, pr
     emb1, emb2 = encode_pairs(model, data.sentences1, data.sentences2, batch_size=batch_size, progress=progress)
     scores = evaluate_sts_vectors(emb1, emb2, data.scores, data.subsets or None)
     info: dict[str, Any] = {"format": data.format, "path": str(data.path)}
-    if hasattr(model, "simtool_source"):  # loaded by load_encoder: record what encoded
+    if isinstance(model, SentenceEncoder) and encoder_info(model).source is not None:  # from load_encoder: record it
         from simtool.backends import backend_info
 
         info["encode_backend"] = backend_info(model)

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from simtool.atomic import atomic_open, atomic_write_json
+from simtool.corpus import find_data_file
 from simtool.errors import SimtoolError
+from simtool.protocols import encoder_info
 
 from .result import EvalResult
 
@@ -144,13 +146,6 @@ def _walk_dirs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
         level = nxt
 
 
-def _has(directory: Path, name: str) -> Path | None:
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _first(root: Path, candidates: list[str], finder: Callable[[Path], Path | None]) -> Path | None:
     for rel in candidates:
         found = finder(root / rel) if (root / rel).is_dir() else None
@@ -166,7 +161,7 @@ def _first(root: Path, candidates: list[str], finder: Callable[[Path], Path | No
 def _stsb_finder(d: Path) -> Path | None:
     if "tokenized" in d.name.lower():  # SentEval's lowercased copy scores differently from MTEB's data
         return None
-    return _has(d, "sts-test.csv") or _has(d, "stsbenchmark.tsv")
+    return find_data_file(d, "sts-test.csv") or find_data_file(d, "stsbenchmark.tsv")
 
 
 def _senteval_finder(year: int) -> Callable[[Path], Path | None]:
@@ -182,15 +177,19 @@ def _senteval_finder(year: int) -> Callable[[Path], Path | None]:
 
 
 def _sick_finder(d: Path) -> Path | None:
-    return d if _has(d, "SICK.txt") or _has(d, "SICK_test_annotated.txt") else None
+    return d if find_data_file(d, "SICK.txt") or find_data_file(d, "SICK_test_annotated.txt") else None
 
 
 def _cn_finder(task: str) -> Callable[[Path], Path | None]:
-    return lambda d: _has(d, f"{task}.test.data")
+    return lambda d: find_data_file(d, f"{task}.test.data")
 
 
 def _is_beir(d: Path) -> bool:
-    return bool(_has(d, "corpus.jsonl") and _has(d, "queries.jsonl") and _has(d / "qrels", "test.tsv"))
+    return bool(
+        find_data_file(d, "corpus.jsonl")
+        and find_data_file(d, "queries.jsonl")
+        and find_data_file(d / "qrels", "test.tsv")
+    )
 
 
 def suite_tasks(name: str, data_root: str | Path) -> list[SuiteTask]:
@@ -370,7 +369,7 @@ def run_suite(
         suite=name,
         data_root=str(Path(data_root).resolve()),
         model={
-            "name": getattr(encoder, "simtool_source", None) or str(model),
+            "name": encoder_info(encoder).source or str(model),
             "fingerprint": model_fingerprint(encoder),
             "pooling": describe_pooling(encoder),
         },

@@ -47,6 +47,14 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
+def find_data_file(directory: Path, name: str) -> Path | None:
+    """``directory / name``, else ``directory / (name + ".gz")``: the first that is a file, or None."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _open_binary(path: Path) -> io.BufferedIOBase:
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")

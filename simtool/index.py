@@ -38,8 +38,8 @@ from typing import Any, Literal
 import numpy as np
 
 from simtool._version import __version__
-from simtool.atomic import fsync_dir, fsync_tree, replace_dir, staging_dir_for
-from simtool.config import default_index_dir
+from simtool.atomic import atomic_dir, fsync_dir, publish_new_dir
+from simtool.config import resolve_index_dir
 from simtool.corpus import Document, read_documents, scan_corpus
 from simtool.docstore import DocStore
 from simtool.errors import IndexDirError, SimtoolError
@@ -52,6 +52,7 @@ from simtool.manifest import (
     committed_generations,
     sha256_file,
 )
+from simtool.protocols import Encoder, encoder_info
 from simtool.reduce.base import LinearReducer, load_reducer
 from simtool.segments import (
     DOCS_FILE,
@@ -66,8 +67,8 @@ from simtool.segments import (
     segment_factory,
     write_tombstones,
 )
+from simtool.validate import check_metric, check_one_of, check_positive
 from simtool.vector_index import (
-    METRICS,
     choose_factory,
     default_search_params,
     fill_index,
@@ -159,12 +160,8 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _resolve(index_dir: str | Path | None) -> Path:
-    return Path(index_dir) if index_dir is not None else default_index_dir()
-
-
 def encode_parts(
-    encoder: Any,
+    encoder: Encoder,
     docs: Iterable[Document],
     *,
     batch_size: int = 64,
@@ -196,11 +193,11 @@ def encode_parts(
 # --- model and reducers recorded in a manifest -------------------------------------------------------
 
 
-def model_info(encoder: Any) -> ModelInfo:
+def model_info(encoder: Encoder) -> ModelInfo:
     """What a manifest records of a model loaded by :func:`simtool.encoder.load_encoder`."""
     from simtool.encoder import describe_pooling, embedding_dim, model_fingerprint
 
-    source = getattr(encoder, "simtool_source", None)
+    source = encoder_info(encoder).source
     if source is None:
         raise SimtoolError("pass a model loaded with simtool.load_encoder so the index can record where it came from")
     path = Path(source).expanduser()
@@ -213,7 +210,7 @@ def model_info(encoder: Any) -> ModelInfo:
     )
 
 
-def load_index_encoder(manifest: Manifest, device: str | None = None, backend: str | None = None) -> Any:
+def load_index_encoder(manifest: Manifest, device: str | None = None, backend: str | None = None) -> Encoder:
     """The encoder that built the index, checked against the recorded fingerprint.
 
     ``backend``: ``None`` (the index's own), ``auto`` or a name, within the index's tolerance
@@ -232,7 +229,7 @@ def load_index_encoder(manifest: Manifest, device: str | None = None, backend: s
     return encoder
 
 
-def check_same_model(manifest: Manifest, encoder: Any) -> None:
+def check_same_model(manifest: Manifest, encoder: Encoder) -> None:
     from simtool.backends import compat
     from simtool.encoder import embedding_dim, model_fingerprint
 
@@ -294,10 +291,10 @@ class Index:
         memory_budget: int | None = None,
         auto_merge: bool = True,
         merge_factor: int = MERGE_FACTOR,
-        encoder: Any = None,
+        encoder: Encoder | None = None,
         backend: str | None = None,
     ) -> None:
-        self.directory = _resolve(index_dir)
+        self.directory = resolve_index_dir(index_dir)
         manifest = Manifest.load(self.directory)  # fail now on a missing or foreign directory
         from simtool.backends import compat
 
@@ -319,7 +316,7 @@ class Index:
     def generation(self) -> int:
         return self.manifest.generation
 
-    def encoder(self) -> Any:
+    def encoder(self) -> Encoder:
         if self._encoder is None:
             self._encoder = load_index_encoder(self.manifest, backend=self.backend)
         return self._encoder
@@ -361,8 +358,7 @@ class Index:
         _check_batch(docs, source)
         if vectors is not None and len(vectors) != len(docs):
             raise SimtoolError(f"vectors has {len(vectors)} rows for {len(docs)} documents")
-        if on_duplicate not in ON_DUPLICATE:
-            raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+        check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
         with self._transaction() as tx:
             existing = tx.lookup([d.id for d in docs])
             if existing and on_duplicate == "error":
@@ -409,8 +405,7 @@ class Index:
         Parts stream to disk as they come, into segments of at most ``segment_rows`` rows. Ids must
         be unique across the parts (a duplicate fails the whole write, naming ``source``).
         """
-        if on_duplicate not in ON_DUPLICATE:
-            raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+        check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
         with self._transaction() as tx:
 
             def checked() -> Iterator[EncodedPart]:
@@ -576,8 +571,8 @@ class _Transaction:
         filled from it. ``build``: every segment takes the index's factory (``auto`` decided on the
         total), as a fresh build must; otherwise each segment's is decided by its size.
         """
-        if segment_rows is not None and segment_rows <= 0:
-            raise SimtoolError(f"segment_rows must be positive, got {segment_rows}")
+        if segment_rows is not None:
+            check_positive("segment_rows", segment_rows)
         writers: list[tuple[str, SegmentWriter]] = []
         try:
             for part in parts:
@@ -902,7 +897,7 @@ def verify_manifest(directory: Path, manifest: Manifest) -> list[str]:
 
 def verify_index(index_dir: str | Path | None = None) -> dict[str, Any]:
     """``simtool index verify``: every file of the newest generation, by sha256."""
-    directory = _resolve(index_dir)
+    directory = resolve_index_dir(index_dir)
     manifest = Manifest.load(directory)
     files = verify_manifest(directory, manifest)
     for seg in manifest.segments:
@@ -919,7 +914,7 @@ def build_index(
     corpus: str | Path | Iterable[Document] | Iterable[EncodedPart],
     index_dir: str | Path | None = None,
     *,
-    model: Any = None,
+    model: str | os.PathLike[str] | Encoder | None = None,
     pooling: str | None = None,
     max_seq_length: int | None = None,
     factory: str = "auto",
@@ -954,9 +949,8 @@ def build_index(
     from simtool.chunking import index_long_text
     from simtool.encoder import embedding_dim, load_encoder, progress_bar
 
-    target = _resolve(index_dir)
-    if metric not in METRICS:
-        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    target = resolve_index_dir(index_dir)
+    check_metric(metric)
     parts: Iterator[EncodedPart] | None = None
     docs: Iterable[Document] = ()
     n: int | None = None
@@ -975,8 +969,10 @@ def build_index(
             docs, n = listed, len(listed)
             if n == 0:
                 raise SimtoolError("documents: nothing to index")
-    loaded = model is not None and not isinstance(model, (str, os.PathLike))
-    encoder = model if loaded else load_encoder(model, pooling, None, max_seq_length, backend=backend)
+    if model is None or isinstance(model, (str, os.PathLike)):
+        encoder: Encoder = load_encoder(model, pooling, None, max_seq_length, backend=backend)
+    else:
+        encoder = model
     spec = index_long_text(encoder, long_text, chunk_tokens, chunk_overlap)
     dim = embedding_dim(encoder)
     chosen = choose_factory(n or 0, dim, memory_budget) if factory == "auto" else factory
@@ -1028,14 +1024,8 @@ def build_index(
             result = write_into(target, base)
             collect_garbage(target, result)
         return result
-    staging = staging_dir_for(target)
-    try:
-        empty = copy.deepcopy(manifest)
-        result = write_into(staging, empty)
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with atomic_dir(target) as staging:
+        result = write_into(staging, copy.deepcopy(manifest))
     return result
 
 
@@ -1043,10 +1033,8 @@ def create_index(index_dir: str | Path, model: ModelInfo, *, metric: str = "ip",
     """A new index with no documents, for vectors that an outside encoder (``model`` describes it) makes
     and :meth:`Index.append` adds. The directory appears whole, by one rename; an existing index is an error."""
     target = Path(index_dir)
-    if metric not in METRICS:
-        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if model.dim <= 0:
-        raise SimtoolError(f"model.dim must be positive, got {model.dim}")
+    check_metric(metric)
+    check_positive("model.dim", model.dim)
     if _is_index(target):
         raise IndexDirError(f"{target}: already an index")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -1066,21 +1054,14 @@ def create_index(index_dir: str | Path, model: ModelInfo, *, metric: str = "ip",
         updated_at=_now(),
         simtool_version=__version__,
     )
-    staging = staging_dir_for(target)
     try:
-        manifest.save(staging)
-        fsync_tree(staging)
         # a plain rename, not replace_dir: it fails when another process published an index here meanwhile,
         # where an exchange would silently throw that index away
-        os.rename(staging, target)
-        fsync_dir(target.parent)
+        with atomic_dir(target, publish=publish_new_dir) as staging:
+            manifest.save(staging)
     except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
         if _is_index(target):
             raise IndexDirError(f"{target}: already an index (created meanwhile by another writer)") from None
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
 
@@ -1115,8 +1096,7 @@ def add_to_index(
     """
     from simtool.encoder import load_encoder
 
-    if on_duplicate not in ON_DUPLICATE:
-        raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+    check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
     path = Path(corpus)
     fields.count(path)
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
@@ -1160,7 +1140,7 @@ def reduce_index(
 def live_vectors(index_dir: str | Path | None = None) -> np.ndarray:
     """The raw encoder vectors of every live document of the newest generation, ``(n, d) float32``
     (memory-mapped when the index is one segment without deletions)."""
-    directory = _resolve(index_dir)
+    directory = resolve_index_dir(index_dir)
     manifest = Manifest.load(directory)
     segs = manifest.segments
     if len(segs) == 1 and not segs[0].deleted:
@@ -1179,7 +1159,7 @@ def index_info(
     """
     from simtool.backends import compat
 
-    directory = _resolve(index_dir)
+    directory = resolve_index_dir(index_dir)
     manifest = Manifest.load(directory)
     if verify:
         verify_manifest(directory, manifest)
@@ -1201,7 +1181,7 @@ def upgrade_index(index_dir: str | Path | None = None) -> Manifest:
     generation 1 (hard links, no copy), published by one rename of ``manifest.json``."""
     import json
 
-    directory = _resolve(index_dir)
+    directory = resolve_index_dir(index_dir)
     path = directory / MANIFEST_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

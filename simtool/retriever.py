@@ -16,15 +16,18 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from simtool.config import default_index_dir
+from simtool.config import resolve_index_dir
 from simtool.corpus import Document
 from simtool.errors import SimtoolError
 from simtool.filters import compile_filter, parse_filter
 from simtool.index import load_index_encoder, load_reducers, verify_manifest
 from simtool.locks import PENDING, ReaderLease
 from simtool.manifest import Manifest
+from simtool.protocols import Encoder
 from simtool.reduce.base import LinearReducer, apply_chain
 from simtool.segments import SegmentReader
+from simtool.validate import check_k
+from simtool.vector_index import MaskedSearcher
 
 Backend = Literal["auto", "faiss", "torch"]
 Filter = dict[str, Any] | str | None
@@ -104,7 +107,7 @@ class _Snapshot:
     manifest: Manifest
     segments: list[SegmentReader]
     reducers: list[LinearReducer]
-    torch: Any = None  # TorchExactSearcher over every segment's rows, for the torch backend
+    torch: _MaskedTorch | None = None  # exact search over every segment's rows, for the torch backend
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
 
     @property
@@ -120,7 +123,7 @@ class Retriever:
     def __init__(
         self,
         index_dir: Path,
-        encoder: Any,
+        encoder: Encoder | None,
         snapshot: _Snapshot,
         *,
         backend: str,
@@ -149,7 +152,7 @@ class Retriever:
         gpu: bool = True,
         verify: bool = False,
         search_params: dict[str, int] | None = None,
-        encoder: Any = None,
+        encoder: Encoder | None = None,
         load_model: bool = True,
         encode_backend: str | None = None,
     ) -> Retriever:
@@ -162,7 +165,7 @@ class Retriever:
         ``backend`` is the search engine; ``encode_backend`` the query encoder's: ``None`` (the index's own),
         ``auto`` or a name, within the index's tolerance (:mod:`simtool.backends.compat`).
         """
-        directory = Path(index_dir) if index_dir is not None else default_index_dir()
+        directory = resolve_index_dir(index_dir)
         Manifest.load(directory)  # a clear error for a missing or old directory before any lease
         lease = _lease(directory)
         try:
@@ -230,23 +233,21 @@ class Retriever:
         """``(len(queries), dim)`` float32 query vectors, exactly as the documents were: encoder, then reducers."""
         from simtool.encoder import encode_texts
 
-        self._need_model()
-        return apply_chain(self._snapshot.reducers, encode_texts(self.encoder, list(queries), batch_size=batch_size))
+        encoder = self._need_model()
+        return apply_chain(self._snapshot.reducers, encode_texts(encoder, list(queries), batch_size=batch_size))
 
     def search_vectors(
         self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None
     ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
         """Top-k over the snapshot: ``scores`` ``(nq, k)`` (higher is better, -inf pads) and per query the
         ``(segment, row)`` of each hit."""
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         return self._search(self._snapshot, vectors, k, filter)
 
     def search_encoded(self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None) -> list[list[Hit]]:
         """Hits for query vectors already encoded as :meth:`encode` does, ``(nq, dim)`` float32; search and
         document lookup read one snapshot, whatever :meth:`refresh` does meanwhile."""
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         snap = self._snapshot
         return self._hits(snap, *self._search(snap, vectors, k, filter))
 
@@ -311,23 +312,23 @@ class Retriever:
         """
         single = isinstance(queries, str)
         batch = [queries] if isinstance(queries, str) else list(queries)
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         for i, q in enumerate(batch):
             if not isinstance(q, str) or not q.strip():
                 raise SimtoolError(f"query {i + 1} is empty")
         from simtool.encoder import encode_texts
 
-        self._need_model()
+        encoder = self._need_model()
         snap = self._snapshot  # one generation for the whole batch, whatever refresh() does meanwhile
-        vectors = apply_chain(snap.reducers, encode_texts(self.encoder, batch))
+        vectors = apply_chain(snap.reducers, encode_texts(encoder, batch))
         scores, hits = self._search(snap, vectors, k, filter)
         results = self._hits(snap, scores, hits)
         return results[0] if single else results
 
-    def _need_model(self) -> None:
+    def _need_model(self) -> Encoder:
         if self.encoder is None:
             raise SimtoolError("this Retriever was opened with load_model=False: search with vectors instead")
+        return self.encoder
 
     def hits_for(self, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
         """Hits (documents included) for the output of :meth:`search_vectors` on this snapshot."""
@@ -338,8 +339,7 @@ class Retriever:
     ) -> tuple[list[list[Hit]], list[np.ndarray]]:
         """Hits for query vectors ``(nq, dim)`` and, per query, the indexed vectors of its hits
         ``(n_hits, dim) float32`` (reducers applied), all from one snapshot whatever refresh() does meanwhile."""
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         snap = self._snapshot
         scores, hits = self._search(snap, vectors, k, filter)
         stored = []
@@ -470,7 +470,7 @@ def _open_snapshot(
 class _MaskedTorch:
     """Torch exact search over all rows, never returning deleted ones."""
 
-    def __init__(self, searcher: Any, live: np.ndarray | None) -> None:
+    def __init__(self, searcher: MaskedSearcher, live: np.ndarray | None) -> None:
         self.searcher = searcher
         self.live = None if live is None or live.all() else live
 

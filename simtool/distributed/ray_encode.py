@@ -25,6 +25,7 @@ import numpy as np
 from simtool.atomic import atomic_open, atomic_path
 from simtool.corpus import Document, read_documents
 from simtool.errors import CorpusError, SimtoolError
+from simtool.validate import check_batch_size, check_positive
 
 if TYPE_CHECKING:
     import ray.data
@@ -66,16 +67,15 @@ class RayOptions:
     batch_size: int = 1024
 
     def validate(self) -> None:
-        if self.workers is not None and self.workers <= 0:
-            raise SimtoolError(f"workers must be positive, got {self.workers}")
+        if self.workers is not None:
+            check_positive("workers", self.workers)
         if self.gpus_per_worker < 0:
             raise SimtoolError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        if self.batch_size <= 0:
-            raise SimtoolError(f"batch_size must be positive, got {self.batch_size}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise SimtoolError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
-        if self.num_cpus is not None and self.num_cpus <= 0:
-            raise SimtoolError(f"num_cpus must be positive, got {self.num_cpus}")
+        check_batch_size(self.batch_size)
+        if self.cpus_per_worker is not None:
+            check_positive("cpus_per_worker", self.cpus_per_worker)
+        if self.num_cpus is not None:
+            check_positive("num_cpus", self.num_cpus)
 
     def plan(self, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float]:
         """``(workers, cpus_per_worker)`` on a cluster with these resources."""

@@ -98,6 +98,7 @@ class Whitening(LinearReducer):
     """
 
     kind: ClassVar[str] = "whitening"
+    config_keys: ClassVar[dict[str, str]] = {"power": "power_", "eps": "eps", "n_samples": "n_samples_"}
 
     def __init__(
         self,
@@ -189,9 +190,6 @@ class Whitening(LinearReducer):
             raise SimtoolError("no (dim, power) candidate could be evaluated on the dev set")
         return -best[1], -best[2]
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "power": self.power_, "eps": self.eps, "n_samples": self.n_samples_}
-
     def tensors(self) -> dict[str, np.ndarray]:
         return {
             **super().tensors(),
@@ -202,7 +200,6 @@ class Whitening(LinearReducer):
     def _restore(cls, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Whitening:
         obj = super()._restore(config, tensors)
         assert isinstance(obj, Whitening)
-        obj.power_, obj.eps, obj.n_samples_ = config["power"], config["eps"], config["n_samples"]
         obj.dim_, obj.dim, obj.power = obj.out_dim, obj.out_dim, obj.power_
         obj.mean_, obj.eigenvalues_ = tensors["center"].astype(np.float64), tensors["eigenvalues"]
         obj.grid_ = []
