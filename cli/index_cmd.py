@@ -25,7 +25,15 @@ from simtool.cli.common import (
     emit,
 )
 from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, ray_options
-from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
+from simtool.cli.long_cmd import (
+    DEFAULT_CHUNK_OVERLAP,
+    ChunkOverlap,
+    ChunkTokens,
+    IndexChunkOverlap,
+    IndexChunkTokens,
+    IndexLongText,
+    LongText,
+)
 from simtool.errors import SimtoolError
 
 index_app = typer.Typer(help="Build, change and inspect an index directory.", no_args_is_help=True)
@@ -203,13 +211,17 @@ def index_add(
     lock_timeout: LockTimeout = 30.0,
     backend: EncodeBackend = "auto",
     segment_rows: SegmentRows = None,
+    long_text: IndexLongText = None,
+    chunk_tokens: IndexChunkTokens = None,
+    chunk_overlap: IndexChunkOverlap = None,
     ray: RayAddress = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 0.0,
     json_out: Json = False,
 ) -> None:
     """Add documents to an existing index in one commit, encoded with the index's own model (and a backend
-    within the index's tolerance)."""
+    within the index's tolerance) and its long-text method (the manifest's; `index info` shows it)."""
+    from simtool.chunking import check_index_long_text
     from simtool.index import Index
 
     if on_duplicate not in ("error", "skip", "replace"):
@@ -219,6 +231,7 @@ def index_add(
         check_ray_backend(backend)
     fields = corpus_fields(text_column, id_column, title_column)
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
+    check_index_long_text(index.manifest.long_text, long_text, chunk_tokens, chunk_overlap)
     if model is not None:
         from simtool.encoder import load_encoder
         from simtool.index import check_same_model

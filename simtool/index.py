@@ -9,6 +9,7 @@ Layout (format 2)::
     segments/<name>/docs.sqlite         id, title, text, metadata JSON of each row
     segments/<name>/tombstones-<g>.npy  rows deleted as of generation g (a new file per change)
     segments/<name>/index.ivfdata       the inverted lists of a segment merged on disk (IVF only)
+    segments/<name>/chunks.npy          chunk-max only: the document row of each vector row, (chunks,) int64
     reducers/<kind>-<g>.safetensors     the reducer chain queries and documents go through
     trained/<g>-<hex>.faiss             the trained, empty FAISS index new segments are filled from
     write.lock, readers/*.lease         flock locks: one writer; which generations readers hold
@@ -55,6 +56,7 @@ from simtool.manifest import (
 from simtool.protocols import Encoder, encoder_info
 from simtool.reduce.base import LinearReducer, load_reducer
 from simtool.segments import (
+    CHUNKS_FILE,
     DOCS_FILE,
     INDEX_FILE,
     SEGMENTS_DIR,
@@ -62,6 +64,7 @@ from simtool.segments import (
     SegmentInfo,
     SegmentWriter,
     StackedRows,
+    load_chunk_owners,
     load_tombstones,
     reduced_view,
     segment_factory,
@@ -136,12 +139,38 @@ class CorpusFields:
 class EncodedPart:
     """Documents and their raw encoder vectors ``(len(docs), d) float32``: the unit a build stage produces.
 
+    For a ``chunk-max`` index, ``vectors`` has one row per chunk and ``owners`` ``(len(vectors),) int64``
+    names each row's document (0-based in ``docs``, nondecreasing, every document at least once), as
+    :func:`encode_parts` makes them; ``owners`` is None for every other index.
+
     Parts can be encoded anywhere (threads, processes, a Ray cluster) and committed together by
     :meth:`Index.append`.
     """
 
     docs: list[Document]
     vectors: np.ndarray
+    owners: np.ndarray | None = None
+
+    def split(self, n: int) -> tuple[EncodedPart, EncodedPart]:
+        """The first ``n`` documents with their vectors, and the rest."""
+        if self.owners is None:
+            return EncodedPart(self.docs[:n], self.vectors[:n]), EncodedPart(self.docs[n:], self.vectors[n:])
+        cut = int(np.searchsorted(self.owners, n))
+        return (
+            EncodedPart(self.docs[:n], self.vectors[:cut], self.owners[:cut]),
+            EncodedPart(self.docs[n:], self.vectors[cut:], self.owners[cut:] - n),
+        )
+
+    def keep(self, rows: Sequence[int] | np.ndarray) -> EncodedPart:
+        """The documents at ``rows`` (ascending positions in ``docs``) with their vectors."""
+        rows = np.asarray(rows, dtype=np.int64)
+        docs = [self.docs[int(i)] for i in rows]
+        if self.owners is None:
+            return EncodedPart(docs, self.vectors[rows])
+        position = np.full(len(self.docs), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        kept = position[self.owners] >= 0
+        return EncodedPart(docs, self.vectors[kept], position[self.owners[kept]])
 
 
 @dataclass
@@ -171,23 +200,25 @@ def encode_parts(
     """Encode documents (``Document.encoded_text``) in chunks of a few thousand.
 
     ``long_text``: a manifest's ``long_text`` record (:func:`simtool.chunking.index_long_text`); empty truncates.
+    ``chunk-max`` parts carry one vector per token window and its ``owners``.
     """
-    from simtool.chunking import encode_long
+    from simtool.chunking import encode_chunked
     from simtool.encoder import batched_documents
 
     spec = long_text or {}
+    mode = spec.get("mode", "truncate")
     for chunk in batched_documents(docs):
-        vectors = encode_long(
+        enc = encode_chunked(
             encoder,
             [d.encoded_text for d in chunk],
-            mode=spec.get("mode", "truncate"),
+            mode=mode,
             chunk_tokens=spec.get("chunk_tokens"),
             chunk_overlap=spec.get("chunk_overlap", 0),
             batch_size=batch_size,
         )
         if bar is not None:
             bar.update(len(chunk))
-        yield EncodedPart(chunk, vectors)
+        yield EncodedPart(chunk, enc.vectors, enc.owners if mode == "chunk-max" else None)
 
 
 # --- model and reducers recorded in a manifest -------------------------------------------------------
@@ -358,6 +389,11 @@ class Index:
         _check_batch(docs, source)
         if vectors is not None and len(vectors) != len(docs):
             raise SimtoolError(f"vectors has {len(vectors)} rows for {len(docs)} documents")
+        if vectors is not None and docs and _chunked(self.manifest):
+            raise SimtoolError(
+                "vectors: a chunk-max index holds one vector per chunk; pass the documents alone to be encoded, "
+                "or EncodedParts with owners to append()"
+            )
         check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
         with self._transaction() as tx:
             existing = tx.lookup([d.id for d in docs])
@@ -573,17 +609,25 @@ class _Transaction:
         """
         if segment_rows is not None:
             check_positive("segment_rows", segment_rows)
+        chunked = _chunked(self.result)
         writers: list[tuple[str, SegmentWriter]] = []
         try:
             for part in parts:
-                docs, vectors = part.docs, part.vectors
-                while docs:
+                if (part.owners is not None) != chunked:
+                    raise SimtoolError(
+                        "parts: a chunk-max index takes EncodedParts with owners (the document of each chunk "
+                        "vector), as encode_parts(long_text=manifest.long_text) makes them"
+                        if chunked
+                        else f"parts: EncodedParts with owners are for a chunk-max index; this one is "
+                        f"{self.result.long_text.get('mode', 'truncate')}"
+                    )
+                while part.docs:
                     if not writers or (segment_rows is not None and writers[-1][1].count >= segment_rows):
                         name, path = self._new_segment()
-                        writers.append((name, SegmentWriter(path, self.result.model.dim)))
-                    room = len(docs) if segment_rows is None else segment_rows - writers[-1][1].count
-                    writers[-1][1].append(docs[:room], vectors[:room])
-                    docs, vectors = docs[room:], vectors[room:]
+                        writers.append((name, SegmentWriter(path, self.result.model.dim, chunked=chunked)))
+                    room = len(part.docs) if segment_rows is None else segment_rows - writers[-1][1].count
+                    head, part = part.split(room)
+                    writers[-1][1].append(head.docs, head.vectors, head.owners)
             raws = [writer.close_rows() for _, writer in writers]
             if build and (self.result.factory_spec or self.result.factory) == "auto":
                 self._set_factory(choose_factory(sum(map(len, raws)), self.result.dim, self.index.memory_budget))
@@ -693,28 +737,33 @@ class _Transaction:
         if factory is not None:
             self.result.factory_spec = factory
             if factory == "auto":
-                factory = choose_factory(self.result.count, self.result.dim, self.index.memory_budget)
+                every = sum(_live_vector_rows(self.directory, s) for s in self.result.segments)
+                factory = choose_factory(every, self.result.dim, self.index.memory_budget)
             self._set_factory(factory)
         live = sum(s.live for s in group)
         if live == 0:
             return False
         if whole:
             spec = self.result.factory_spec or self.result.factory
-            self._set_factory(segment_factory(spec, live, self.result.dim, self.index.memory_budget, small_ok=False))
+            n = sum(_live_vector_rows(self.directory, s) for s in group)  # "auto" decides on vectors, as a build
+            self._set_factory(segment_factory(spec, n, self.result.dim, self.index.memory_budget, small_ok=False))
         name, path = self._new_segment()
-        writer = SegmentWriter(path, self.result.model.dim)
+        writer = SegmentWriter(path, self.result.model.dim, chunked=_chunked(self.result))
+        rows: list[int] = []  # vector rows each segment of the group brings
         try:
             with progress_bar(live, "compact", progress) as bar:
                 for seg in group:
-                    for docs, vectors in _live_rows(self.directory, seg):
-                        writer.append(docs, vectors)
-                        bar.update(len(docs))
+                    before = writer.rows
+                    for part in _live_rows(self.directory, seg):
+                        writer.append(part.docs, part.vectors, part.owners)
+                        bar.update(len(part.docs))
+                    rows.append(writer.rows - before)
             raw = writer.close_rows()
             chosen = self._segment_factory(len(raw), whole)
             trained = self.trained() if chosen == self.result.factory else None
             merged = False
             if trained is not None and is_ivf(trained[1]):
-                merge_inverted_lists(trained[1], self._shards(group, raw, trained), path / INDEX_FILE)
+                merge_inverted_lists(trained[1], self._shards(group, rows, raw, trained), path / INDEX_FILE)
                 merged = True
             elif trained is None and chosen == self.result.factory:
                 trained = self._train(raw)
@@ -738,19 +787,22 @@ class _Transaction:
         self._add_segment(info)
         return merged
 
-    def _shards(self, group: Sequence[SegmentInfo], raw: np.ndarray, trained: tuple[str, Any]) -> list[Any]:
-        """Each segment of ``group`` as an IVF index of its live rows: its own FAISS index where that was
-        filled from ``trained`` and has no deletions, else ``trained`` filled with its rows of ``raw``."""
+    def _shards(
+        self, group: Sequence[SegmentInfo], rows: Sequence[int], raw: np.ndarray, trained: tuple[str, Any]
+    ) -> list[Any]:
+        """Each segment of ``group`` as an IVF index of its live rows (``rows[i]`` of ``raw`` each, in order):
+        its own FAISS index where that was filled from ``trained`` and has no deletions, else ``trained``
+        filled with its rows of ``raw``."""
         import faiss
 
         shards, start = [], 0
-        for seg in group:
+        for seg, n in zip(group, rows, strict=True):
             if seg.trained == trained[0] and not seg.deleted:
                 shards.append(read_faiss(self.directory / SEGMENTS_DIR / seg.name / INDEX_FILE, ondisk=seg.ondisk))
             else:
-                rows = reduced_view(raw[start : start + seg.live], self.reducers())
-                shards.append(fill_index(faiss.clone_index(trained[1]), rows))
-            start += seg.live
+                rows_of_seg = reduced_view(raw[start : start + n], self.reducers())
+                shards.append(fill_index(faiss.clone_index(trained[1]), rows_of_seg))
+            start += n
         return shards
 
     def _set_reducers(self, reducers: list[LinearReducer]) -> None:
@@ -788,8 +840,12 @@ class _Transaction:
 
 
 def _without(part: EncodedPart, drop: dict[str, Any]) -> EncodedPart:
-    keep = [i for i, d in enumerate(part.docs) if d.id not in drop]
-    return EncodedPart([part.docs[i] for i in keep], part.vectors[keep])
+    return part.keep([i for i, d in enumerate(part.docs) if d.id not in drop])
+
+
+def _chunked(manifest: Manifest) -> bool:
+    """Whether the index stores one vector per chunk (``long_text`` chunk-max)."""
+    return manifest.long_text.get("mode") == "chunk-max"
 
 
 def unique_ids(parts: Iterable[EncodedPart], source: str) -> Iterator[EncodedPart]:
@@ -816,21 +872,40 @@ def _check_batch(docs: Sequence[Document], source: str) -> None:
         seen.add(d.id)
 
 
-def _live_rows(directory: Path, seg: SegmentInfo, block: int = 65_536) -> Iterator[tuple[list[Document], np.ndarray]]:
-    """A segment's live documents and raw vectors, in row order, in blocks."""
+def _live_vector_rows(directory: Path, seg: SegmentInfo) -> int:
+    """Vector rows of a segment's live documents (its live documents, unless it is chunk-max)."""
+    if seg.chunks is None:
+        return seg.live
+    if not seg.tombstones:
+        return seg.chunks
+    seg_dir = directory / SEGMENTS_DIR / seg.name
+    dead = load_tombstones(seg_dir / seg.tombstones, seg.count)
+    return seg.chunks - int(np.isin(load_chunk_owners(seg_dir / CHUNKS_FILE, seg.chunks), dead).sum())
+
+
+def _live_rows(directory: Path, seg: SegmentInfo, block: int = 65_536) -> Iterator[EncodedPart]:
+    """A segment's live documents and raw vectors, in row order, in blocks of about ``block`` vector rows
+    (a chunk-max segment's parts carry their owners)."""
     seg_dir = directory / SEGMENTS_DIR / seg.name
     raw = np.load(seg_dir / VECTORS_FILE, mmap_mode="r")
+    owners = None if seg.chunks is None else load_chunk_owners(seg_dir / CHUNKS_FILE, seg.chunks)
     live = np.ones(seg.count, dtype=bool)
     if seg.tombstones:
         live[load_tombstones(seg_dir / seg.tombstones, seg.count)] = False
+    docs_per_block = max(1, block * seg.count // max(seg.vectors, 1))
     with DocStore(seg_dir / DOCS_FILE) as store:
-        for start in range(0, seg.count, block):
-            stop = min(seg.count, start + block)
+        for start in range(0, seg.count, docs_per_block):
+            stop = min(seg.count, start + docs_per_block)
             keep = np.flatnonzero(live[start:stop])
             if len(keep) == 0:
                 continue
             docs = store.iter_rows(start, stop)
-            yield [docs[i] for i in keep], np.asarray(raw[start + keep], dtype=np.float32)
+            if owners is None:
+                yield EncodedPart([docs[i] for i in keep], np.asarray(raw[start + keep], dtype=np.float32))
+                continue
+            lo, hi = np.searchsorted(owners, [start, stop])
+            part = EncodedPart(docs, np.asarray(raw[lo:hi], dtype=np.float32), np.asarray(owners[lo:hi]) - start)
+            yield part.keep(keep)
 
 
 # --- garbage collection and recovery ------------------------------------------------------------------
@@ -936,8 +1011,10 @@ def build_index(
     ``backend``: the encode backend when ``model`` is a name or path (:func:`simtool.load_encoder`);
     the manifest records the one that encoded (a loaded ``model`` brings its own).
 
-    ``long_text``: ``truncate`` or ``chunk-mean`` (one vector per document, the mean of its token
-    windows; see :mod:`simtool.chunking`), recorded in the manifest so later adds encode alike.
+    ``long_text``: ``truncate``, ``chunk-mean`` (one vector per document, the mean of its token
+    windows) or ``chunk-max`` (one vector per window; a search scores each document by its best
+    window and returns it once; see :mod:`simtool.chunking`), recorded in the manifest so later adds
+    encode alike. EncodedParts for a chunk-max build carry ``owners``.
     EncodedParts are streamed to disk as they come (an iterator of them is never held in memory),
     into segments of at most ``segment_rows`` rows; ids must be unique across all of them.
 
@@ -1087,19 +1164,25 @@ def add_to_index(
     progress: bool = True,
     lock_timeout: float = 30.0,
     backend: str | None = None,
+    long_text: str | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
 ) -> tuple[Manifest, int, int]:
     """Add a corpus file to an existing index; returns ``(manifest, added, skipped)``.
 
     New documents are encoded with the index's own model; ``model``, if given, must be that same
     model. ``on_duplicate``: ``"error"`` (nothing is written), ``"skip"`` or ``"replace"`` (upsert).
-    ``backend``: as :class:`Index` takes it.
+    ``backend``: as :class:`Index` takes it. ``long_text``, ``chunk_tokens``, ``chunk_overlap``: None
+    (the index's own, as its manifest records them) or the same values; others are refused.
     """
+    from simtool.chunking import check_index_long_text
     from simtool.encoder import load_encoder
 
     check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
     path = Path(corpus)
     fields.count(path)
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
+    check_index_long_text(index.manifest.long_text, long_text, chunk_tokens, chunk_overlap)
     if model is not None:
         check_same_model(index.manifest, load_encoder(model, None, None, index.manifest.model.max_seq_length))
     result = index.write(
@@ -1139,13 +1222,14 @@ def reduce_index(
 
 def live_vectors(index_dir: str | Path | None = None) -> np.ndarray:
     """The raw encoder vectors of every live document of the newest generation, ``(n, d) float32``
-    (memory-mapped when the index is one segment without deletions)."""
+    (memory-mapped when the index is one segment without deletions); a chunk-max index gives one row
+    per live chunk."""
     directory = resolve_index_dir(index_dir)
     manifest = Manifest.load(directory)
     segs = manifest.segments
     if len(segs) == 1 and not segs[0].deleted:
         return np.load(directory / SEGMENTS_DIR / segs[0].name / VECTORS_FILE, mmap_mode="r")
-    blocks = [v for seg in segs for _, v in _live_rows(directory, seg)]
+    blocks = [part.vectors for seg in segs for part in _live_rows(directory, seg)]
     return np.concatenate(blocks) if blocks else np.zeros((0, manifest.model.dim), np.float32)
 
 

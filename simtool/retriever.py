@@ -90,6 +90,11 @@ def choose_backend(manifest: Manifest, backend: Backend, device: str | None) -> 
     if backend not in ("auto", "faiss", "torch"):
         raise SimtoolError(f"backend must be auto, faiss or torch, got {backend!r}")
     torch_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if manifest.long_text.get("mode") == "chunk-max":
+        # MaxP maps chunk hits to documents in each segment's FAISS search (SegmentReader.search)
+        if backend == "torch":
+            raise SimtoolError("backend='torch' does not search chunk-max indexes yet; use backend='faiss' or 'auto'")
+        return "faiss", torch_device
     if backend != "auto":
         return backend, torch_device
     if not _faiss_installed():
@@ -338,15 +343,24 @@ class Retriever:
         self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None
     ) -> tuple[list[list[Hit]], list[np.ndarray]]:
         """Hits for query vectors ``(nq, dim)`` and, per query, the indexed vectors of its hits
-        ``(n_hits, dim) float32`` (reducers applied), all from one snapshot whatever refresh() does meanwhile."""
+        ``(n_hits, dim) float32`` (reducers applied; in a chunk-max index, the best chunk's), all from one
+        snapshot whatever refresh() does meanwhile."""
         check_k(k)
         snap = self._snapshot
-        scores, hits = self._search(snap, vectors, k, filter)
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        scores, hits = self._search(snap, q, k, filter)
         stored = []
-        for row_hits in hits:
-            raw = [np.asarray(snap.segments[g].raw[r], dtype=np.float32) for g, r in row_hits]
-            block = np.stack(raw) if raw else np.zeros((0, snap.manifest.model.dim), np.float32)
-            stored.append(apply_chain(snap.reducers, block) if raw else np.zeros((0, snap.manifest.dim), np.float32))
+        for qi, row_hits in enumerate(hits):
+            block = np.zeros((len(row_hits), snap.manifest.dim), np.float32)
+            for j, (g, r) in enumerate(row_hits):
+                seg = snap.segments[g]
+                rows = apply_chain(snap.reducers, np.asarray(seg.raw[seg.vector_rows(r)], dtype=np.float32))
+                if len(rows) > 1:  # the chunk that scored the document
+                    s = rows @ q[qi] if snap.manifest.metric == "ip" else -((rows - q[qi]) ** 2).sum(1)
+                    best = int(np.argmax(s))
+                    rows = rows[best : best + 1]
+                block[j] = rows[0]
+            stored.append(block)
         return self._hits(snap, scores, hits), stored
 
     def _hits(self, snap: _Snapshot, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
@@ -397,14 +411,21 @@ class Retriever:
         return out
 
     def live_vectors(self) -> tuple[np.ndarray, list[str]]:
-        """Raw encoder vectors ``(n, d) float32`` of every live document, and their ids, in snapshot order."""
+        """Raw encoder vectors ``(n, d) float32`` of every live document, and their ids, in snapshot order;
+        a chunk-max index gives one row per chunk, its document's id repeated."""
         blocks: list[np.ndarray] = []
         ids: list[str] = []
         for seg in self._snapshot.segments:
             rows = np.arange(seg.info.count) if seg.live_mask is None else np.flatnonzero(seg.live_mask)
-            blocks.append(np.asarray(seg.raw[rows], dtype=np.float32))
             docs = seg.docs(rows.tolist())
-            ids.extend(docs[int(r)].id for r in rows)
+            if seg.owners is None:
+                blocks.append(np.asarray(seg.raw[rows], dtype=np.float32))
+                ids.extend(docs[int(r)].id for r in rows)
+                continue
+            live = np.ones(len(seg.owners), bool) if seg.live_mask is None else seg.live_mask[seg.owners]
+            chunks = np.flatnonzero(live)
+            blocks.append(np.asarray(seg.raw[chunks], dtype=np.float32))
+            ids.extend(docs[int(seg.owners[c])].id for c in chunks)
         dim = self.manifest.model.dim
         return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), ids
 
@@ -447,6 +468,8 @@ def _open_snapshot(
         else:
             segments.append(SegmentReader(directory, info, manifest.files, manifest.metric, manifest.dim))
     snap = _Snapshot(manifest, segments, reducers)
+    if backend == "torch" and manifest.long_text.get("mode") == "chunk-max":  # rebuilt as chunk-max meanwhile
+        raise SimtoolError(f"{directory}: a chunk-max index is searched with backend 'faiss', not 'torch'; reopen it")
     if backend == "torch":
         from simtool.vector_index import TorchExactSearcher
 
