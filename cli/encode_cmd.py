@@ -17,7 +17,6 @@ from simtool.cli.common import (
     Pooling,
     TextColumn,
     TitleColumn,
-    check_ray_backend,
     corpus_fields,
     emit,
 )
@@ -51,7 +50,6 @@ def encode(
     if ray is not None:
         from simtool.errors import SimtoolError
 
-        check_ray_backend(backend)  # refusing beats silently encoding with another backend
         if long_text != "truncate":
             # Ray actors encode whole texts; chunk rows would need the chunk -> id bookkeeping on every worker
             raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
@@ -68,6 +66,7 @@ def encode(
             max_seq_length=max_seq_length,
             fields=columns,
             json_out=json_out,
+            backend=backend,
         )
         return
     from simtool.backends import backend_info

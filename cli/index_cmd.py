@@ -20,7 +20,6 @@ from simtool.cli.common import (
     Pooling,
     TextColumn,
     TitleColumn,
-    check_ray_backend,
     corpus_fields,
     emit,
 )
@@ -139,7 +138,6 @@ def index_build(
     fields = corpus_fields(text_column, id_column, title_column)
     started = time.perf_counter()
     if ray is not None:
-        check_ray_backend(backend)
         if long_text != "truncate":
             # Ray actors encode whole texts; the chunked modes need the tokenizer's windows on every worker
             raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
@@ -158,6 +156,7 @@ def index_build(
             options=ray_options(ray, workers, gpus_per_worker),
             batch_size=batch_size,
             fields=dataclasses.asdict(fields),
+            backend=backend,
             **({} if segment_rows is None else {"segment_rows": segment_rows}),
         )
     else:
@@ -182,7 +181,7 @@ def index_build(
         )
     info = index_info(index_dir, verify=False)
     if ray is not None:
-        info["ray"] = {"address": ray, "workers": done["workers"], "parts": done["parts"]}
+        info["ray"] = {"address": ray, "workers": done["workers"], "parts": done["parts"], "backend": done["backend"]}
     info["seconds"] = round(time.perf_counter() - started, 3)
     if json_out:
         emit(info)
@@ -227,8 +226,6 @@ def index_add(
     if on_duplicate not in ("error", "skip", "replace"):
         raise SimtoolError(f"--on-duplicate must be error, skip or replace, got {on_duplicate!r}")
     check_ray_flags(ray, workers, gpus_per_worker)
-    if ray is not None:
-        check_ray_backend(backend)
     fields = corpus_fields(text_column, id_column, title_column)
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
     check_index_long_text(index.manifest.long_text, long_text, chunk_tokens, chunk_overlap)
@@ -248,6 +245,7 @@ def index_add(
             fields=dataclasses.asdict(fields),
             on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
             lock_timeout=lock_timeout,
+            backend=backend,
             **({} if segment_rows is None else {"segment_rows": segment_rows}),
         )
         count = index.manifest.count
