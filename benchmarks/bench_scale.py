@@ -58,17 +58,15 @@ def main() -> None:
     parser.add_argument("--factory", default="IVF256,PQ32", help="the IVF index assembled in part 2")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--skip-ray", action="store_true", help="part 2 only")
+    parser.add_argument("--skip-assembly", action="store_true", help="part 1 only")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import numpy as np
 
-    from simtool.corpus import read_documents
     from simtool.distributed import RayOptions
     from simtool.distributed.ray_index import build_index_ray
-    from simtool.encoder import load_encoder
-    from simtool.index import EncodedPart, Index, build_index, live_vectors
-    from simtool.manifest import Manifest
+    from simtool.index import build_index, live_vectors
 
     cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -102,6 +100,21 @@ def main() -> None:
     else:
         single()
 
+    if not args.skip_assembly:
+        result["assembly"] = _assembly(args, tmp, corpus)
+    shutil.rmtree(tmp, ignore_errors=True)
+    _report(result, args)
+
+
+def _assembly(args: argparse.Namespace, tmp: Path, corpus: Path) -> dict[str, object]:
+    """Part 2 (module docstring): 8 segments from one training, merged, against a direct build and a retrain."""
+    import numpy as np
+
+    from simtool.corpus import read_documents
+    from simtool.encoder import load_encoder
+    from simtool.index import EncodedPart, Index, build_index, live_vectors
+    from simtool.manifest import Manifest
+
     vectors = np.asarray(live_vectors(tmp / "single"))
     docs = list(read_documents(corpus))  # the single-process build's row order
     encoder = load_encoder(None, None, "cpu")
@@ -134,12 +147,14 @@ def main() -> None:
 
     seconds = rotated_rounds({"direct": direct, "assemble": assemble, "retrain": retrain}, args.rounds)
     assert Manifest.load(tmp / "assembled").segments[0].ondisk
-    result["assembly"] = {"factory": args.factory, "shards": len(parts), **ratio_summary(seconds, "direct")}
-    shutil.rmtree(tmp, ignore_errors=True)
+    return {"factory": args.factory, "shards": len(parts), **ratio_summary(seconds, "direct")}
+
+
+def _report(result: dict[str, object], args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.docs} Multi30k captions, default model, {cores} cores, {args.rounds} rounds")
+    print(f"{args.docs} Multi30k captions, default model, {result['cores']} cores, {args.rounds} rounds")
     for part, base in (("ray_build", "single"), ("assembly", "direct")):
         if part not in result:
             continue
