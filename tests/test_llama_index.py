@@ -228,3 +228,27 @@ def test_default_model_on_scifact_retrieves_the_document(shared_data: Path, tmp_
     index.delete_ref_doc(target["_id"])
     assert target["_id"] not in {r.node.ref_doc_id for r in retriever.retrieve(target["title"])}
     store.close()
+
+
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_mmr_mode_matches_llama_index_simple_vector_store(tmp_path: Path, threshold: float | None) -> None:
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
+
+    rng = np.random.default_rng(3)
+    nodes = [TextNode(text=f"node {i}", id_=f"n{i}", embedding=rng.normal(size=8).tolist()) for i in range(30)]
+    ours, reference = SimtoolVectorStore(tmp_path / "s"), SimpleVectorStore()
+    ours.add(nodes)
+    reference.add(nodes)
+    for q in rng.normal(size=(5, 8)):
+        query = VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5, mode=VectorStoreQueryMode.MMR)
+        # every node prefetched, so both run MMR over the same candidates (the reference always uses all)
+        got = ours.query(query, mmr_threshold=threshold, mmr_prefetch_k=30)
+        want = reference.query(query, mmr_threshold=threshold)
+        assert got.ids == want.ids and len(set(got.ids)) == 5
+        np.testing.assert_allclose(got.similarities, want.similarities, atol=1e-5)
+        plain = ours.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5))
+        assert got.ids[0] == plain.ids[0]  # MMR's first pick is the nearest node
+    with pytest.raises(SimtoolError, match="hybrid"):
+        ours.query(VectorStoreQuery(query_embedding=[0.0] * 8, similarity_top_k=2, mode=VectorStoreQueryMode.HYBRID))

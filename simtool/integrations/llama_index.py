@@ -21,6 +21,8 @@ _li = require("llama_index.core.base.embeddings.base", "llamaindex")
 _pydantic = require("pydantic", "llamaindex")
 _li_types = require("llama_index.core.vector_stores.types", "llamaindex")
 _li_utils = require("llama_index.core.vector_stores.utils", "llamaindex")
+_li_mmr = require("llama_index.core.indices.query.embedding_utils", "llamaindex")
+MMR_PREFETCH_FACTOR = 4  # LlamaIndex's DEFAULT_MMR_PREFETCH_FACTOR
 _li_schema = require("llama_index.core.schema", "llamaindex")
 
 __all__ = ["SimtoolEmbedding", "SimtoolVectorStore", "to_simtool_filter"]
@@ -230,18 +232,40 @@ class SimtoolVectorStore(_li_types.BasePydanticVectorStore):  # type: ignore[nam
 
     def query(self, query: Any, **kwargs: Any) -> Any:
         """Top ``similarity_top_k`` nodes for ``query_embedding``; similarities higher = closer
-        (cosine, inner product, or minus the squared L2)."""
+        (cosine, inner product, or minus the squared L2).
+
+        ``mmr`` mode: LlamaIndex's own MMR (``get_top_k_mmr_embeddings``, kwarg ``mmr_threshold``) over the
+        ``mmr_prefetch_k`` nearest (default ``mmr_prefetch_factor`` × top k, 4 as in LlamaIndex), with the
+        vectors the index holds; its similarities are MMR scores, as ``SimpleVectorStore`` returns."""
         mode = str(getattr(query.mode, "value", query.mode))
-        if mode != "default":
-            raise SimtoolError(f"query mode {mode!r} is not supported by SimtoolVectorStore (only 'default')")
+        if mode not in ("default", "mmr"):
+            raise SimtoolError(f"query mode {mode!r} is not supported by SimtoolVectorStore (only 'default', 'mmr')")
         if query.query_embedding is None:
             raise SimtoolError("query.query_embedding is None; SimtoolVectorStore searches by embedding")
         where = self._where(query.node_ids, query.doc_ids, query.filters)
-        hits = self._store.search(query.query_embedding, query.similarity_top_k, where)
+        if mode == "default":
+            hits = self._store.search(query.query_embedding, query.similarity_top_k, where)
+            return _li_types.VectorStoreQueryResult(
+                nodes=[self._node(h) for h, _ in hits],
+                similarities=[h.score for h, _ in hits],
+                ids=[h.id for h, _ in hits],
+            )
+        prefetch = kwargs.get("mmr_prefetch_k") or query.similarity_top_k * kwargs.get(
+            "mmr_prefetch_factor", MMR_PREFETCH_FACTOR
+        )
+        hits = self._store.search(query.query_embedding, int(prefetch), where)
+        if not hits:
+            return _li_types.VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        scores, ids = _li_mmr.get_top_k_mmr_embeddings(
+            self._store.query_vector(query.query_embedding)[0].tolist(),
+            [v.tolist() for _, v in hits],
+            similarity_top_k=query.similarity_top_k,
+            embedding_ids=list(range(len(hits))),
+            mmr_threshold=kwargs.get("mmr_threshold"),
+        )
+        chosen = [hits[i][0] for i in ids]
         return _li_types.VectorStoreQueryResult(
-            nodes=[self._node(h) for h, _ in hits],
-            similarities=[h.score for h, _ in hits],
-            ids=[h.id for h, _ in hits],
+            nodes=[self._node(h) for h in chosen], similarities=list(scores), ids=[h.id for h in chosen]
         )
 
     def refresh(self) -> None:
