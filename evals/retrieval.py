@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simtool.corpus import iter_lines, read_queries
+from simtool.corpus import find_data_file, iter_lines, read_queries
 from simtool.errors import SimtoolError
 
 from .metrics import DEFAULT_K_VALUES, MRR_K_VALUES, evaluate_run
@@ -63,13 +63,6 @@ class BeirData:
     qrels: dict[str, dict[str, int]]
 
 
-def _find(directory: Path, name: str) -> Path | None:
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def beir_task_name(root: Path) -> str:
     return BEIR_TASK_NAMES.get(root.name.lower(), root.name)
 
@@ -111,12 +104,12 @@ def load_beir(path: str | Path, split: str = "test") -> BeirData:
     root = Path(path)
     if not root.is_dir():
         raise BeirFormatError(f"{root}: not a directory (expected a BEIR folder with corpus.jsonl)")
-    corpus = _find(root, "corpus.jsonl")
-    queries_file = _find(root, "queries.jsonl")
+    corpus = find_data_file(root, "corpus.jsonl")
+    queries_file = find_data_file(root, "queries.jsonl")
     for name, found in (("corpus.jsonl", corpus), ("queries.jsonl", queries_file)):
         if found is None:
             raise BeirFormatError(f"{root}: no {name} (expected the BEIR layout)")
-    qrels_file = _find(root / "qrels", f"{split}.tsv") if (root / "qrels").is_dir() else None
+    qrels_file = find_data_file(root / "qrels", f"{split}.tsv") if (root / "qrels").is_dir() else None
     if qrels_file is None:
         available = (
             sorted(p.name.split(".")[0] for p in (root / "qrels").glob("*.tsv*")) if (root / "qrels").is_dir() else []

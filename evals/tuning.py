@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from simtool.encoder import encode_pairs
 from simtool.errors import SimtoolError
 from simtool.reduce.workflows import TuneSet
 
-from .sts import encode_pairs, load_sts
+from .readers import load_sts
 
 
 def sts_tuning(path: str | Path, split: str = "dev") -> Callable[[SentenceTransformer], TuneSet]:

@@ -54,6 +54,14 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.GzipFile(fileobj=raw) if path.suffix.lower() == ".gz" else raw
 
 
+def find_data_file(directory: Path, name: str) -> Path | None:
+    """``name`` or its gzipped twin ``name.gz`` in ``directory`` (every reader here reads both), else ``None``."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` decoded as strict UTF-8 (a leading BOM is dropped)."""
     with _open_binary(path) as f:
