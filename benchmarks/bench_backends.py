@@ -34,13 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import torch
+from harness import rotated
 
 from simtool.backends import BACKENDS, backend_info
 from simtool.encoder import load_encoder
+from simtool.protocols import encoder_info
 
 
 def log(msg: str) -> None:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.backends.split(","):
             if name == "openvino-int8":
                 started = time.perf_counter()
-                record = export_model(base, "openvino-int8", Path(tmp) / "int8", source=str(base.simtool_source))
+                record = export_model(base, "openvino-int8", Path(tmp) / "int8", source=str(encoder_info(base).source))
                 log(f"int8 export + guard: {time.perf_counter() - started:.0f}s, guard {record['guard']}")
                 model = load_encoder(Path(tmp) / "int8", device="cpu", backend="openvino-int8")
             else:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[float]] = {m: [] for m in methods}
         names = list(methods)
         for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
+            order = rotated(names, r)
             for name in order:
                 started = time.perf_counter()
                 methods[name](texts)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, Any] = {
         "benchmark": "backends",
         "texts": f"STS-B test, first {len(s1)} pairs ({n} sentences)",
-        "model": base.simtool_source,
+        "model": encoder_info(base).source,
         "batch_size": args.batch_size,
         "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(),

@@ -25,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import ratio_summary, rotated_rounds
 
 from tests.conftest import shared_data_dir
 
@@ -79,24 +77,16 @@ def main() -> None:
     import numpy as np
 
     runs = {"single": single, "ray1": lambda: on_ray(1), "ray2": lambda: on_ray(2)}
-    seconds: dict[str, list[float]] = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(args.rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            seconds[name].append(runs[name]())
+    seconds = rotated_rounds(runs, args.rounds)
     for name in ("ray1", "ray2"):  # the timing is only meaningful if the outputs are the same
         np.testing.assert_allclose(np.load(tmp / f"{name}.npy"), np.load(tmp / "single.npy"), atol=1e-5)
-    ratios = {
-        k: [s / b for s, b in zip(v, seconds["single"], strict=True)] for k, v in seconds.items() if k != "single"
-    }
+    summary = ratio_summary(seconds, "single")
     result = {
         "docs": n,
         "cores": cores,
         "rounds": args.rounds,
-        "seconds": seconds,
         "median_texts_per_second": {k: round(n / statistics.median(v), 1) for k, v in seconds.items()},
-        "time_ratio_vs_single": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
-        "median_time_ratio_vs_single": {k: round(statistics.median(v), 3) for k, v in ratios.items()},
+        **summary,
     }
     ray.shutdown()
     if args.json:
@@ -106,7 +96,7 @@ def main() -> None:
     for name, values in seconds.items():
         print(f"  {name:>6}: median {n / statistics.median(values):7.1f} texts/s  rounds(s): "
               + ", ".join(f"{s:.1f}" for s in values))  # fmt: skip
-    for name, values in ratios.items():
+    for name, values in summary["time_ratio_vs_single"].items():
         print(f"  {name} / single time: median {statistics.median(values):.2f}x  per round: "
               + ", ".join(f"{x:.2f}" for x in values))  # fmt: skip
 

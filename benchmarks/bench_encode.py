@@ -38,13 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import torch
+from harness import rotated
 
 from simtool.corpus import Document, read_documents
 from simtool.encoder import embedding_dim, encode_file, encode_stream, load_encoder
+from simtool.protocols import encoder_info
 
 BUNDLED = Path(__file__).resolve().parents[1] / "simtool" / "data" / "python_reference.jsonl"
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[float]] = {m: [] for m in methods}
         names = list(methods)
         for r in range(args.repeats):
-            order = names[r % len(names) :] + names[: r % len(names)]
+            order = rotated(names, r)
             for name in order:
                 started = time.perf_counter()
                 methods[name]()
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "encode",
         "texts": label,
         "n": n,
-        "model": model.simtool_source,
+        "model": encoder_info(model).source,
         "device": str(model.device),
         "batch_size": args.batch_size,
         "repeats": args.repeats,

@@ -33,12 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import print_ratio_summary, ratio_summary, rotated_rounds
 
 from tests.conftest import shared_data_dir
 
@@ -54,26 +51,6 @@ def _corpus(n: int, directory: Path) -> Path:
     return path
 
 
-def _rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each run per round, the order rotated every round."""
-    seconds: dict[str, list[float]] = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            seconds[name].append(runs[name]())
-    return seconds
-
-
-def _summary(seconds: dict[str, list[float]], base: str) -> dict[str, object]:
-    ratios = {k: [s / b for s, b in zip(v, seconds[base], strict=True)] for k, v in seconds.items() if k != base}
-    return {
-        "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
-        "median_seconds": {k: round(statistics.median(v), 3) for k, v in seconds.items()},
-        f"time_ratio_vs_{base}": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
-        f"median_time_ratio_vs_{base}": {k: round(statistics.median(v), 3) for k, v in ratios.items()},
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20_000)
@@ -81,17 +58,15 @@ def main() -> None:
     parser.add_argument("--factory", default="IVF256,PQ32", help="the IVF index assembled in part 2")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--skip-ray", action="store_true", help="part 2 only")
+    parser.add_argument("--skip-assembly", action="store_true", help="part 1 only")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import numpy as np
 
-    from simtool.corpus import read_documents
     from simtool.distributed import RayOptions
     from simtool.distributed.ray_index import build_index_ray
-    from simtool.encoder import load_encoder
-    from simtool.index import EncodedPart, Index, build_index, live_vectors
-    from simtool.manifest import Manifest
+    from simtool.index import build_index, live_vectors
 
     cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -114,16 +89,31 @@ def main() -> None:
 
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        seconds = _rounds({"single": single, "ray1": lambda: on_ray(1), "ray2": lambda: on_ray(2)}, args.rounds)
+        seconds = rotated_rounds({"single": single, "ray1": lambda: on_ray(1), "ray2": lambda: on_ray(2)}, args.rounds)
         ray.shutdown()
         for name in ("ray1", "ray2"):  # the timing only means something if the indexes are the same
             np.testing.assert_allclose(live_vectors(tmp / name), live_vectors(tmp / "single"), atol=1e-5)
-        result["ray_build"] = _summary(seconds, "single")
+        result["ray_build"] = ratio_summary(seconds, "single")
         result["ray_build"]["median_docs_per_second"] = {  # type: ignore[index]
             k: round(args.docs / statistics.median(v), 1) for k, v in seconds.items()
         }
     else:
         single()
+
+    if not args.skip_assembly:
+        result["assembly"] = _assembly(args, tmp, corpus)
+    shutil.rmtree(tmp, ignore_errors=True)
+    _report(result, args)
+
+
+def _assembly(args: argparse.Namespace, tmp: Path, corpus: Path) -> dict[str, object]:
+    """Part 2 (module docstring): 8 segments from one training, merged, against a direct build and a retrain."""
+    import numpy as np
+
+    from simtool.corpus import read_documents
+    from simtool.encoder import load_encoder
+    from simtool.index import EncodedPart, Index, build_index, live_vectors
+    from simtool.manifest import Manifest
 
     vectors = np.asarray(live_vectors(tmp / "single"))
     docs = list(read_documents(corpus))  # the single-process build's row order
@@ -155,25 +145,23 @@ def main() -> None:
         build_index(parts, tmp / "direct", model=encoder, factory=args.factory, gpu=False, progress=False)
         return time.perf_counter() - started
 
-    seconds = _rounds({"direct": direct, "assemble": assemble, "retrain": retrain}, args.rounds)
+    seconds = rotated_rounds({"direct": direct, "assemble": assemble, "retrain": retrain}, args.rounds)
     assert Manifest.load(tmp / "assembled").segments[0].ondisk
-    result["assembly"] = {"factory": args.factory, "shards": len(parts), **_summary(seconds, "direct")}
-    shutil.rmtree(tmp, ignore_errors=True)
+    return {"factory": args.factory, "shards": len(parts), **ratio_summary(seconds, "direct")}
+
+
+def _report(result: dict[str, object], args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.docs} Multi30k captions, default model, {cores} cores, {args.rounds} rounds")
+    print(f"{args.docs} Multi30k captions, default model, {result['cores']} cores, {args.rounds} rounds")
     for part, base in (("ray_build", "single"), ("assembly", "direct")):
         if part not in result:
             continue
         summary = result[part]
         assert isinstance(summary, dict)
         print(f"{part}:")
-        for name, values in summary["seconds"].items():
-            print(f"  {name:>8}: median {statistics.median(values):7.2f} s  rounds: " + ", ".join(map(str, values)))
-        for name, values in summary[f"time_ratio_vs_{base}"].items():
-            print(f"  {name} / {base} time: median {statistics.median(values):.2f}x  per round: "
-                  + ", ".join(f"{x:.2f}" for x in values))  # fmt: skip
+        print_ratio_summary(summary, base)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import faiss
 import numpy as np
 import torch
 
+from simtool.protocols import encoder_info
 from simtool.vector_index import (
     FaissSearcher,
     TorchExactSearcher,
@@ -106,7 +107,12 @@ def caption_embeddings(data_dir: Path, cache_dir: Path, batch_size: int) -> tupl
             log(f"  {time.perf_counter() - started:.0f}s ({n / (time.perf_counter() - started):.0f} texts/s)")
         parts.append(np.load(out))
     vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-    info = {"source": [str(f) for f in files], "model": model.simtool_source, "fingerprint": key, "n": len(vectors)}
+    info = {
+        "source": [str(f) for f in files],
+        "model": encoder_info(model).source,
+        "fingerprint": key,
+        "n": len(vectors),
+    }
     return vectors, info
 
 

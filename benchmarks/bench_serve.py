@@ -40,9 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import httpx
+from harness import rotated
 
 BUNDLED = Path(__file__).resolve().parents[1] / "simtool" / "data" / "python_reference.jsonl"
 
@@ -291,7 +290,7 @@ def main() -> None:
         rounds: list[dict[str, dict[str, float]]] = []
         methods = ["st", "server", "unbatched"]
         for r in range(args.rounds):
-            order = methods[r % 3 :] + methods[: r % 3]
+            order = rotated(methods, r)
             result = {}
             for m in order:
                 result[m] = (

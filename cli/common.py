@@ -50,14 +50,6 @@ EncodeBackend = Annotated[
 ]
 
 
-def check_ray_backend(backend: str) -> None:
-    """Ray actors encode with fp32 torch: ``auto`` and ``torch`` mean that; any other backend is refused."""
-    if backend not in ("auto", "torch"):
-        from simtool.errors import SimtoolError
-
-        raise SimtoolError(f"--backend {backend} is not supported with --ray yet; Ray actors encode with torch")
-
-
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object (quiet, for scripts).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per encoder forward pass.")]
 TextColumn = Annotated[str | None, typer.Option("--text-column", help="Field holding the text \\[default: text].")]

@@ -52,6 +52,7 @@ def encode_on_ray(
     max_seq_length: int | None,
     fields: dict[str, str | None],
     json_out: bool,
+    backend: str = "auto",
 ) -> None:
     """``simtool encode --ray``: the same .npy and ids file as the in-process path, encoded by Ray actors."""
     from simtool.distributed import encode_file_ray
@@ -68,6 +69,7 @@ def encode_on_ray(
         options=options,
         fields=fields,
         progress=not json_out,
+        backend=backend,
     )
     seconds = time.perf_counter() - started
     result = {
@@ -78,6 +80,7 @@ def encode_on_ray(
         "model": model or "all-MiniLM-L6-v2",
         "ray": address,
         "workers": done["workers"],
+        "backend": done["backend"],
         "seconds": round(seconds, 3),
         "texts_per_second": round(done["n"] / seconds, 1),
     }
@@ -86,5 +89,6 @@ def encode_on_ray(
     else:
         typer.echo(
             f"wrote {done['n']} x {done['dim']} float32 to {output} (ids: {done['ids']}) on Ray "
-            f"({done['workers']} workers) in {seconds:.1f}s, {result['texts_per_second']:.0f} texts/s"
+            f"({done['workers']} workers, {done['backend']} backend) in {seconds:.1f}s, "
+            f"{result['texts_per_second']:.0f} texts/s"
         )

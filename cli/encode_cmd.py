@@ -17,7 +17,6 @@ from simtool.cli.common import (
     Pooling,
     TextColumn,
     TitleColumn,
-    check_ray_backend,
     corpus_fields,
     emit,
 )
@@ -51,7 +50,6 @@ def encode(
     if ray is not None:
         from simtool.errors import SimtoolError
 
-        check_ray_backend(backend)  # refusing beats silently encoding with another backend
         if long_text != "truncate":
             # Ray actors encode whole texts; chunk rows would need the chunk -> id bookkeeping on every worker
             raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
@@ -68,11 +66,13 @@ def encode(
             max_seq_length=max_seq_length,
             fields=columns,
             json_out=json_out,
+            backend=backend,
         )
         return
     from simtool.backends import backend_info
     from simtool.chunking import encode_long_file
     from simtool.encoder import embedding_dim, load_encoder
+    from simtool.protocols import encoder_info
 
     fields = corpus_fields(text_column, id_column, title_column)
     n = fields.count(input)
@@ -90,6 +90,7 @@ def encode(
         progress=not json_out,
     )
     seconds = time.perf_counter() - started
+    info = encoder_info(encoder)
     result = {
         "output": str(output),
         "ids": str(ids_path),
@@ -97,8 +98,8 @@ def encode(
         "rows": rows,
         "long_text": long_text,
         "dim": embedding_dim(encoder),
-        "model": encoder.simtool_source,
-        "pooling": encoder.simtool_pooling,
+        "model": info.source,
+        "pooling": info.pooling,
         "backend": backend_info(encoder),
         "seconds": round(seconds, 3),
         "texts_per_second": round(n / seconds, 1),

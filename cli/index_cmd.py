@@ -20,12 +20,19 @@ from simtool.cli.common import (
     Pooling,
     TextColumn,
     TitleColumn,
-    check_ray_backend,
     corpus_fields,
     emit,
 )
 from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, ray_options
-from simtool.cli.long_cmd import DEFAULT_CHUNK_OVERLAP, ChunkOverlap, ChunkTokens, LongText
+from simtool.cli.long_cmd import (
+    DEFAULT_CHUNK_OVERLAP,
+    ChunkOverlap,
+    ChunkTokens,
+    IndexChunkOverlap,
+    IndexChunkTokens,
+    IndexLongText,
+    LongText,
+)
 from simtool.errors import SimtoolError
 
 index_app = typer.Typer(help="Build, change and inspect an index directory.", no_args_is_help=True)
@@ -131,7 +138,6 @@ def index_build(
     fields = corpus_fields(text_column, id_column, title_column)
     started = time.perf_counter()
     if ray is not None:
-        check_ray_backend(backend)
         if long_text != "truncate":
             # Ray actors encode whole texts; the chunked modes need the tokenizer's windows on every worker
             raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
@@ -150,6 +156,7 @@ def index_build(
             options=ray_options(ray, workers, gpus_per_worker),
             batch_size=batch_size,
             fields=dataclasses.asdict(fields),
+            backend=backend,
             **({} if segment_rows is None else {"segment_rows": segment_rows}),
         )
     else:
@@ -174,7 +181,7 @@ def index_build(
         )
     info = index_info(index_dir, verify=False)
     if ray is not None:
-        info["ray"] = {"address": ray, "workers": done["workers"], "parts": done["parts"]}
+        info["ray"] = {"address": ray, "workers": done["workers"], "parts": done["parts"], "backend": done["backend"]}
     info["seconds"] = round(time.perf_counter() - started, 3)
     if json_out:
         emit(info)
@@ -203,22 +210,25 @@ def index_add(
     lock_timeout: LockTimeout = 30.0,
     backend: EncodeBackend = "auto",
     segment_rows: SegmentRows = None,
+    long_text: IndexLongText = None,
+    chunk_tokens: IndexChunkTokens = None,
+    chunk_overlap: IndexChunkOverlap = None,
     ray: RayAddress = None,
     workers: Workers = None,
     gpus_per_worker: GpusPerWorker = 0.0,
     json_out: Json = False,
 ) -> None:
     """Add documents to an existing index in one commit, encoded with the index's own model (and a backend
-    within the index's tolerance)."""
+    within the index's tolerance) and its long-text method (the manifest's; `index info` shows it)."""
+    from simtool.chunking import check_index_long_text
     from simtool.index import Index
 
     if on_duplicate not in ("error", "skip", "replace"):
         raise SimtoolError(f"--on-duplicate must be error, skip or replace, got {on_duplicate!r}")
     check_ray_flags(ray, workers, gpus_per_worker)
-    if ray is not None:
-        check_ray_backend(backend)
     fields = corpus_fields(text_column, id_column, title_column)
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
+    check_index_long_text(index.manifest.long_text, long_text, chunk_tokens, chunk_overlap)
     if model is not None:
         from simtool.encoder import load_encoder
         from simtool.index import check_same_model
@@ -235,6 +245,7 @@ def index_add(
             fields=dataclasses.asdict(fields),
             on_duplicate=on_duplicate,  # type: ignore[arg-type]  # checked against the literals above
             lock_timeout=lock_timeout,
+            backend=backend,
             **({} if segment_rows is None else {"segment_rows": segment_rows}),
         )
         count = index.manifest.count

@@ -9,21 +9,29 @@ import typer
 
 from simtool.cli.common import Json, Model, emit
 
-# Shared by `encode` (and, once wired, `index build` / `eval retrieval`); the values mirror
+# Shared by `encode` and `index build` (and, as the index's own, `index add`); the values mirror
 # simtool.chunking.LONG_TEXT_MODES, which the library checks, so this module imports nothing heavy.
-LongText = Annotated[
-    str,
-    typer.Option(
-        "--long-text",
-        help="Texts past the model's limit: truncate, chunk-mean (mean of token windows) or chunk-max "
-        "(one vector per window; ids repeat per window; `encode` only).",
-    ),
-]
+_LONG_TEXT_HELP = (
+    "Texts past the model's limit: truncate, chunk-mean (mean of token windows) or chunk-max (one vector per "
+    "window; `encode` repeats ids per window, an index scores each document by its best window)."
+)
+LongText = Annotated[str, typer.Option("--long-text", help=_LONG_TEXT_HELP)]
 ChunkTokens = Annotated[
     int | None,
     typer.Option("--chunk-tokens", help="Window size in word pieces \\[default: max-seq-length - 2]."),
 ]
 ChunkOverlap = Annotated[int, typer.Option("--chunk-overlap", help="Word pieces shared by neighbouring windows.")]
+# `index add`: the index's manifest decides; a value given must match it
+IndexLongText = Annotated[
+    str | None,
+    typer.Option("--long-text", help="Must match the index's (checked) \\[default: the index's]. " + _LONG_TEXT_HELP),
+]
+IndexChunkTokens = Annotated[
+    int | None, typer.Option("--chunk-tokens", help="Must match the index's (checked) \\[default: the index's].")
+]
+IndexChunkOverlap = Annotated[
+    int | None, typer.Option("--chunk-overlap", help="Must match the index's (checked) \\[default: the index's].")
+]
 DEFAULT_CHUNK_OVERLAP = 32  # = simtool.chunking.DEFAULT_CHUNK_OVERLAP (checked by a test)
 
 

@@ -196,6 +196,6 @@ def dims(
 
 
 def _index_result(index_dir: Path | None, manifest: Any) -> dict[str, Any]:
-    from simtool.config import default_index_dir
+    from simtool.config import resolve_index_dir
 
-    return {"index_dir": str(index_dir or default_index_dir()), "factory": manifest.factory}
+    return {"index_dir": str(resolve_index_dir(index_dir)), "factory": manifest.factory}

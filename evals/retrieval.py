@@ -156,12 +156,42 @@ def _flat_run(retriever: Any, qids: list[str], texts: list[str], k: int, batch_s
     vectors, ids = retriever.live_vectors()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     searcher = TorchExactSearcher(vectors, retriever.manifest.metric, device)
+    if retriever.manifest.long_text.get("mode") == "chunk-max":
+        return _flat_run_chunk_max(retriever, searcher, ids, texts, k, batch_size)
     out: list[list[_RowHit]] = []
     for start in range(0, len(texts), QUERY_CHUNK):
         q = encode_texts(retriever.encoder, texts[start : start + QUERY_CHUNK], batch_size=batch_size)
         scores, rows = searcher.search(q, min(k, len(vectors)))
         for srow, rrow in zip(scores, rows, strict=True):
             out.append([_RowHit(ids[r], float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0])
+    return out
+
+
+def _flat_run_chunk_max(
+    retriever: Any, searcher: Any, ids: list[str], texts: list[str], k: int, batch_size: int
+) -> list[list[_RowHit]]:
+    """The flat ideal of a chunk-max index (one row per chunk, ids repeated): each document once, by its
+    best chunk; a query short of k documents in the first fetch is searched over every chunk."""
+    import numpy as np
+
+    from simtool.chunking import dedupe_chunk_hits
+    from simtool.encoder import encode_texts
+
+    position = {d: i for i, d in enumerate(dict.fromkeys(ids))}
+    owners = np.fromiter((position[i] for i in ids), np.int64, len(ids))
+    doc_ids = list(position)
+    want = min(k, len(doc_ids))
+    fetch = min(len(ids), 2 * k * -(-len(ids) // max(len(doc_ids), 1)))
+    out: list[list[_RowHit]] = []
+    for start in range(0, len(texts), QUERY_CHUNK):
+        q = encode_texts(retriever.encoder, texts[start : start + QUERY_CHUNK], batch_size=batch_size)
+        scores, rows = searcher.search(q, fetch)
+        for qi, (srow, rrow) in enumerate(zip(scores, rows, strict=True)):
+            doc_s, docs = dedupe_chunk_hits(srow, rrow, owners, k)
+            if len(docs) < want:
+                s_all, r_all = searcher.search(q[qi : qi + 1], len(ids))
+                doc_s, docs = dedupe_chunk_hits(s_all[0], r_all[0], owners, k)
+            out.append([_RowHit(doc_ids[d], s) for s, d in zip(doc_s, docs, strict=True)])
     return out
 
 
@@ -305,6 +335,7 @@ def _search_and_score(
                 data.qrels, _hits_to_run(qids, flat_hits, top_k, ignore_identical_ids, negate), top_k, k_values
             )
         manifest = retriever.manifest
+        assert retriever.encoder is not None  # opened with its model: it searched with text queries above
         info = {
             "factory": manifest.factory,
             "metric": manifest.metric,

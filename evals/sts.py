@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from simtool.protocols import Encoder, encoder_info
+
 from .metrics import sts_scores
 from .readers import DEFAULT_COLUMNS, PairColumns, StsData, load_sts
 from .result import EvalResult
 
 if TYPE_CHECKING:  # simtool.encoder imports torch; the evals import it only once they encode
-    from simtool.encoder import Encoder
+    from simtool.encoder import AnyEncoder
 
 MAIN_METRIC = "cosine_spearman"
 
@@ -51,7 +53,7 @@ def evaluate_sts_vectors(
     return scores
 
 
-def evaluate_sts_data(model: Encoder, data: StsData, *, batch_size: int = 64, progress: bool = False) -> EvalResult:
+def evaluate_sts_data(model: AnyEncoder, data: StsData, *, batch_size: int = 64, progress: bool = False) -> EvalResult:
     """Score loaded :class:`StsData` with ``model`` (see :func:`simtool.encoder.encode_sentences`)."""
     from simtool.encoder import encode_pairs, resolve_model
 
@@ -59,7 +61,7 @@ def evaluate_sts_data(model: Encoder, data: StsData, *, batch_size: int = 64, pr
     emb1, emb2 = encode_pairs(model, data.sentences1, data.sentences2, batch_size=batch_size, progress=progress)
     scores = evaluate_sts_vectors(emb1, emb2, data.scores, data.subsets or None)
     info: dict[str, Any] = {"format": data.format, "path": str(data.path)}
-    if hasattr(model, "simtool_source"):  # loaded by load_encoder: record what encoded
+    if isinstance(model, Encoder) and encoder_info(model).source is not None:  # from load_encoder: record it
         from simtool.backends import backend_info
 
         info["encode_backend"] = backend_info(model)
@@ -75,7 +77,7 @@ def evaluate_sts_data(model: Encoder, data: StsData, *, batch_size: int = 64, pr
 
 
 def evaluate_sts(
-    model: Encoder,
+    model: AnyEncoder,
     path: str | Path,
     *,
     format: str = "auto",

@@ -31,6 +31,7 @@ from typing import Any
 from simtool.atomic import atomic_open, atomic_write_json
 from simtool.corpus import find_data_file
 from simtool.errors import SimtoolError
+from simtool.protocols import encoder_info
 
 from .result import EvalResult
 from .retrieval import MAIN_METRIC as RETRIEVAL_MAIN_METRIC
@@ -440,7 +441,7 @@ def run_suite(
         suite=name,
         data_root=str(Path(data_root).resolve()),
         model={
-            "name": getattr(encoder, "simtool_source", None) or str(model),
+            "name": encoder_info(encoder).source or str(model),
             "fingerprint": model_fingerprint(encoder),
             "pooling": describe_pooling(encoder),
         },

@@ -6,20 +6,18 @@ the tuning set through a callable and never imports evals.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
-from simtool.encoder import encode_pairs
 from simtool.errors import SimtoolError
-from simtool.reduce.workflows import TuneSet
+from simtool.protocols import Encoder
+from simtool.reduce.workflows import TuneSet, Tuning
 
 from .readers import load_sts
 
 
-def sts_tuning(path: str | Path, split: str = "dev") -> Callable[[SentenceTransformer], TuneSet]:
+def sts_tuning(path: str | Path, split: str = "dev") -> Tuning:
     """A tuning set maker for ``whiten_index``/``whiten_model``: raw embeddings of an STS split and its gold.
 
     ``path`` is in any format ``simtool eval sts`` reads; ``split="test"`` is refused at once so that
@@ -28,7 +26,9 @@ def sts_tuning(path: str | Path, split: str = "dev") -> Callable[[SentenceTransf
     if split == "test":
         raise SimtoolError("tuning on the test split would leak it into the reported score; use tune_split='dev'")
 
-    def make(model: SentenceTransformer) -> TuneSet:
+    def make(model: Encoder) -> TuneSet:
+        from simtool.encoder import encode_pairs
+
         data = load_sts(path, "auto", split)
         emb1, emb2 = encode_pairs(model, data.sentences1, data.sentences2)
         return emb1, emb2, np.asarray(data.scores, dtype=np.float64)

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -106,6 +106,34 @@ def replace_dir(staging: Path, target: Path) -> None:
         os.rename(staging, target)
         shutil.rmtree(old)
     fsync_dir(target.parent)
+
+
+def publish_new_dir(staging: Path, target: Path) -> None:
+    """Move a complete ``staging`` directory to ``target`` by one plain rename: fails (``OSError``) where
+    ``target`` exists and is not empty, so it never replaces what another process published meanwhile."""
+    fsync_tree(staging)
+    os.rename(staging, target)
+    fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    target: str | os.PathLike[str], *, publish: Callable[[Path, Path], None] = replace_dir
+) -> Iterator[Path]:
+    """The directory twin of :func:`atomic_path`: a fresh staging directory beside ``target`` to write into.
+
+    On success ``publish(staging, target)`` puts it in place: by default :func:`replace_dir` (fsynced, then
+    swapped in for any previous ``target``); :func:`publish_new_dir` where ``target`` must not exist yet.
+    The staging directory (made by :func:`staging_dir_for`, which also removes stale ones) is gone afterwards
+    in every case; an exception in the block leaves ``target`` as it was.
+    """
+    target = Path(target)
+    staging = staging_dir_for(target)
+    try:
+        yield staging
+        publish(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after a publish that moved it, nothing is left to remove
 
 
 def staging_dir_for(target: Path) -> Path:

@@ -4,7 +4,8 @@
 - ``chunk-mean``: windows of ``chunk_tokens`` tokens overlapping by ``chunk_overlap``, encoded
   separately; the document vector is their mean, re-normalised when the model's vectors are unit length.
 - ``chunk-max``: one vector per window; a document scores as its best window (:func:`max_by_owner`,
-  :func:`dedupe_chunk_hits`), so a search returns each document at most once.
+  :func:`dedupe_chunk_hits`), so a search returns each document at most once. An index built so keeps
+  each segment's chunk -> document row map (:mod:`simtool.segments`) and searches documents.
 """
 
 from __future__ import annotations
@@ -115,18 +116,35 @@ def _warn_truncation_once(model: Any, texts: Sequence[str]) -> None:
 def index_long_text(model: Any, mode: str, chunk_tokens: int | None, chunk_overlap: int) -> dict[str, Any]:
     """The manifest's ``long_text`` record for an index build: ``{}`` for truncate, else mode and window.
 
-    ``chunk-max`` is refused: the live index keys each row by a unique document id (deletes,
-    upserts, filters), so one row per chunk would need a chunk -> document layer it does not have.
+    ``chunk-mean`` stores one vector per document; ``chunk-max`` one per window, each segment mapping
+    its vector rows to document rows, so deletes, upserts and filters still act on whole documents.
     """
     if check_mode(mode) == "truncate":
         return {}
-    if mode == "chunk-max":
-        raise SimtoolError(
-            "long_text='chunk-max' is not supported by the index yet (one row per document id); "
-            "use 'chunk-mean', or encode chunk-max vectors with encode_long_file and search_chunk_max"
-        )
     size, overlap = resolve_chunk_tokens(model, chunk_tokens, chunk_overlap)
     return {"mode": mode, "chunk_tokens": size, "chunk_overlap": overlap}
+
+
+def check_index_long_text(
+    recorded: dict[str, Any],
+    long_text: str | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
+) -> None:
+    """Refuse a write to an index asking for other long-text settings than its manifest records
+    (``recorded``, its ``long_text``); None asks for the index's own. An index encodes every document
+    one way, so its search never mixes methods."""
+    have = recorded.get("mode", "truncate")
+    if long_text is not None and check_mode(long_text) != have:
+        raise SimtoolError(
+            f"long_text={long_text!r} does not match the index's {have!r} (an index encodes every document "
+            "one way); leave it out to use the index's, or build a new index"
+        )
+    for name, value in (("chunk_tokens", chunk_tokens), ("chunk_overlap", chunk_overlap)):
+        if value is not None and value != recorded.get(name):
+            if have == "truncate":
+                raise SimtoolError(f"{name}={value} does not apply: the index truncates long texts")
+            raise SimtoolError(f"{name}={value} does not match the index's {recorded.get(name)}; leave it out")
 
 
 def encode_long(

@@ -18,3 +18,8 @@ def simtool_home() -> Path:
 def default_index_dir() -> Path:
     """The index that ``simtool search`` uses when no ``--index-dir`` is given."""
     return simtool_home() / "index"
+
+
+def resolve_index_dir(index_dir: str | os.PathLike[str] | None) -> Path:
+    """``index_dir`` as a path, or :func:`default_index_dir` for ``None``."""
+    return Path(index_dir) if index_dir is not None else default_index_dir()

@@ -47,19 +47,19 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
+def find_data_file(directory: Path, name: str) -> Path | None:
+    """``directory / name``, else ``directory / (name + ".gz")``: the first that is a file, or None."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _open_binary(path: Path) -> io.BufferedIOBase:
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the wrapper
     return gzip.GzipFile(fileobj=raw) if path.suffix.lower() == ".gz" else raw
-
-
-def find_data_file(directory: Path, name: str) -> Path | None:
-    """``name`` or its gzipped twin ``name.gz`` in ``directory`` (every reader here reads both), else ``None``."""
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -13,11 +13,15 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simtool.errors import SimtoolError
+from simtool.protocols import Encoder, encoder_info
+
+if TYPE_CHECKING:
+    from simtool.reduce.base import LinearReducer
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,9 @@ class Embedder:
     ``name`` is what clients see as the model id. ``encode`` returns ``(n, dim)`` float32.
     """
 
-    def __init__(self, encoder: Any, reducers: Sequence[Any] = (), *, name: str, index_dir: Path | None = None):
+    def __init__(
+        self, encoder: Encoder, reducers: Sequence[LinearReducer] = (), *, name: str, index_dir: Path | None = None
+    ):
         self.encoder = encoder
         self.reducers = list(reducers)
         self.name = name
@@ -50,7 +56,7 @@ class Embedder:
         from simtool.encoder import load_encoder
 
         encoder = load_encoder(model, pooling, device, backend=backend)
-        source = str(encoder.simtool_source)
+        source = str(encoder_info(encoder).source)
         return cls(encoder, (), name=Path(source).name or source)
 
     @classmethod
@@ -75,7 +81,7 @@ class Embedder:
     @property
     def backend(self) -> str:
         """The encode backend ``encode`` runs through (:mod:`simtool.backends`)."""
-        return str(getattr(self.encoder, "simtool_backend", "torch"))
+        return encoder_info(self.encoder).backend
 
     @property
     def dim(self) -> int:
@@ -103,7 +109,7 @@ class Embedder:
                 "(simtool whiten) to get prefix dimensions, or omit dimensions"
             )
 
-    def _chain(self, dimensions: int | None) -> list[Any]:
+    def _chain(self, dimensions: int | None) -> list[LinearReducer]:
         if dimensions is None or dimensions == self.dim:
             return self.reducers
         last = copy.copy(self.reducers[-1])

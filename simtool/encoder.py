@@ -28,8 +28,10 @@ from simtool.corpus import Document
 from simtool.errors import ModelNotFoundError, SimtoolError
 from simtool.pooling import LayerPooling
 from simtool.positions import check_max_seq_length
+from simtool.protocols import Encoder, TextEncoder, record_encoder_info
+from simtool.validate import POOLINGS as POOLINGS  # re-exported: the poolings load_encoder takes
+from simtool.validate import check_batch_size, check_pooling, check_positive
 
-POOLINGS = ("cls", "mean", "max", "last-avg", "first-last-avg")
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
 
 
@@ -96,10 +98,9 @@ def load_encoder(
     ``openvino-int8`` or ``auto``) is what ``model.encode`` runs through, in token-length batches;
     the torch modules stay the source of the tokenizer, the weights and the fingerprint.
     """
-    if pooling is not None and pooling not in POOLINGS:
-        raise SimtoolError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    if max_seq_length is not None and max_seq_length <= 0:
-        raise SimtoolError(f"max_seq_length must be positive, got {max_seq_length}")
+    check_pooling(pooling)
+    if max_seq_length is not None:
+        check_positive("max_seq_length", max_seq_length)
     path = resolve_model_path(name_or_path)
     device = device or default_device()
     if (path / "modules.json").exists():
@@ -115,9 +116,7 @@ def load_encoder(
     check_max_seq_length(model, max_seq_length, str(name_or_path or DEFAULT_MODEL))  # issue 13: needs an extended model
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
-    # provenance patched onto the model; nn.Module types unknown attributes as Tensor | Module
-    model.simtool_source = str(name_or_path or DEFAULT_MODEL)  # type: ignore[assignment]  # see above
-    model.simtool_pooling = pooling or describe_pooling(model)  # type: ignore[assignment]  # see above
+    record_encoder_info(model, source=str(name_or_path or DEFAULT_MODEL), pooling=pooling or describe_pooling(model))
     from simtool.backends import attach_backend
 
     return attach_backend(model, backend, path)
@@ -193,7 +192,7 @@ def _replace_pooling(model: SentenceTransformer, mode: str) -> None:
     transformer.auto_model.config.output_hidden_states = mode == "first-last-avg"
 
 
-def describe_pooling(model: SentenceTransformer) -> str:
+def describe_pooling(model: Encoder) -> str:
     """The pooling in simtool's vocabulary (``mean`` for sentence-transformers' mean pooling)."""
     for m in model:
         if isinstance(m, LayerPooling):
@@ -204,7 +203,7 @@ def describe_pooling(model: SentenceTransformer) -> str:
     return "none"
 
 
-def model_fingerprint(model: SentenceTransformer) -> str:
+def model_fingerprint(model: Encoder) -> str:
     """A short sha256 over the module stack and every weight (as float32), independent of device and dtype."""
     h = hashlib.sha256()
     for module in model:
@@ -217,19 +216,16 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     return h.hexdigest()[:16]
 
 
-def encode_texts(
-    model: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
-) -> np.ndarray:
+def encode_texts(model: Encoder, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Encode texts; returns ``(len(texts), dim)`` float32 in input order."""
-    if batch_size <= 0:
-        raise SimtoolError(f"batch_size must be positive, got {batch_size}")
+    check_batch_size(batch_size)
     if not texts:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
     out = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=progress)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def embedding_dim(model: SentenceTransformer) -> int:
+def embedding_dim(model: Encoder) -> int:
     dim = model.get_embedding_dimension()
     if dim is None:
         raise SimtoolError("cannot tell this model's embedding dimension")
@@ -255,7 +251,7 @@ def batched_documents(docs: Iterable[Document], size: int = ENCODE_CHUNK) -> Ite
 
 
 def encode_stream(
-    model: SentenceTransformer,
+    model: Encoder,
     docs: Iterable[Document],
     out: np.ndarray,
     start_row: int = 0,
@@ -289,7 +285,7 @@ def encode_file(
     docs: Callable[[], Iterable[Document]],
     n: int,
     output: str | Path,
-    model: SentenceTransformer,
+    model: Encoder,
     *,
     batch_size: int = 64,
     progress: bool = True,
@@ -324,18 +320,20 @@ def encode_file(
 # --------------------------------------------------------------------------- encoder adaptation (for the evals)
 
 
-Encoder = Any
+AnyEncoder = TextEncoder | Callable[[list[str]], Any] | str | Path | None
 """What the scorers accept as a model (see :func:`encode_sentences`)."""
 
 
-def resolve_model(model: Encoder) -> Any:
+def resolve_model(model: AnyEncoder) -> Any:
     """``None``, a model name or a path load the encoder offline; anything else is returned as is."""
     if model is None or isinstance(model, (str, Path)):
         return load_encoder(model)
     return model
 
 
-def encode_sentences(model: Encoder, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+def encode_sentences(
+    model: AnyEncoder, texts: list[str], *, batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
     """Encode ``texts`` with ``model``; returns ``(len(texts), d)`` float32.
 
     ``model`` is a ``SentenceTransformer`` (encoded with ``batch_size``), an object with
@@ -344,7 +342,7 @@ def encode_sentences(model: Encoder, texts: list[str], *, batch_size: int = 64, 
     """
     if isinstance(model, SentenceTransformer):
         return encode_texts(model, texts, batch_size=batch_size, progress=progress)
-    if hasattr(model, "encode"):
+    if isinstance(model, TextEncoder):
         out = model.encode(texts)
     elif callable(model):
         out = model(texts)
@@ -359,7 +357,7 @@ def encode_sentences(model: Encoder, texts: list[str], *, batch_size: int = 64, 
 
 
 def encode_pairs(
-    model: Encoder, sentences1: list[str], sentences2: list[str], *, batch_size: int = 64, progress: bool = False
+    model: AnyEncoder, sentences1: list[str], sentences2: list[str], *, batch_size: int = 64, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``(n, d)`` of both sides, encoding each distinct sentence once."""
     unique = list(dict.fromkeys([*sentences1, *sentences2]))

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from simtool.errors import SimtoolError
+from simtool.validate import check_batch_size, check_positive
 
 
 class RandContext:
@@ -222,15 +223,13 @@ def check_batch_sizes(batch_size: int, mini_batch_size: int | None, world_size: 
     into whole mini-batches: uneven chunks would still be exact, but equal shapes keep the replay and the
     memory bound simple and make a wrong setting visible instead of silently changing the cost.
     """
-    if batch_size <= 0:
-        raise SimtoolError(f"batch_size must be positive, got {batch_size}")
+    check_batch_size(batch_size)
     if batch_size % world_size:
         raise SimtoolError(f"batch_size={batch_size} is not divisible by the {world_size} processes")
     local = batch_size // world_size
     if mini_batch_size is None:
         return local
-    if mini_batch_size <= 0:
-        raise SimtoolError(f"mini_batch_size must be positive, got {mini_batch_size}")
+    check_positive("mini_batch_size", mini_batch_size)
     if mini_batch_size > local:
         where = f" per process ({batch_size} over {world_size})" if world_size > 1 else ""
         raise SimtoolError(f"mini_batch_size={mini_batch_size} is larger than the batch of {local}{where}")

@@ -9,6 +9,7 @@ Layout (format 2)::
     segments/<name>/docs.sqlite         id, title, text, metadata JSON of each row
     segments/<name>/tombstones-<g>.npy  rows deleted as of generation g (a new file per change)
     segments/<name>/index.ivfdata       the inverted lists of a segment merged on disk (IVF only)
+    segments/<name>/chunks.npy          chunk-max only: the document row of each vector row, (chunks,) int64
     reducers/<kind>-<g>.safetensors     the reducer chain queries and documents go through
     trained/<g>-<hex>.faiss             the trained, empty FAISS index new segments are filled from
     write.lock, readers/*.lease         flock locks: one writer; which generations readers hold
@@ -38,8 +39,8 @@ from typing import Any, Literal
 import numpy as np
 
 from simtool._version import __version__
-from simtool.atomic import fsync_dir, fsync_tree, replace_dir, staging_dir_for
-from simtool.config import default_index_dir
+from simtool.atomic import atomic_dir, fsync_dir, publish_new_dir
+from simtool.config import resolve_index_dir
 from simtool.corpus import Document, read_documents, scan_corpus
 from simtool.docstore import DocStore
 from simtool.errors import IndexDirError, SimtoolError
@@ -52,8 +53,10 @@ from simtool.manifest import (
     committed_generations,
     sha256_file,
 )
+from simtool.protocols import Encoder, encoder_info
 from simtool.reduce.base import LinearReducer, load_reducer
 from simtool.segments import (
+    CHUNKS_FILE,
     DOCS_FILE,
     INDEX_FILE,
     SEGMENTS_DIR,
@@ -61,13 +64,14 @@ from simtool.segments import (
     SegmentInfo,
     SegmentWriter,
     StackedRows,
+    load_chunk_owners,
     load_tombstones,
     reduced_view,
     segment_factory,
     write_tombstones,
 )
+from simtool.validate import check_metric, check_one_of, check_positive
 from simtool.vector_index import (
-    METRICS,
     choose_factory,
     default_search_params,
     fill_index,
@@ -135,12 +139,38 @@ class CorpusFields:
 class EncodedPart:
     """Documents and their raw encoder vectors ``(len(docs), d) float32``: the unit a build stage produces.
 
+    For a ``chunk-max`` index, ``vectors`` has one row per chunk and ``owners`` ``(len(vectors),) int64``
+    names each row's document (0-based in ``docs``, nondecreasing, every document at least once), as
+    :func:`encode_parts` makes them; ``owners`` is None for every other index.
+
     Parts can be encoded anywhere (threads, processes, a Ray cluster) and committed together by
     :meth:`Index.append`.
     """
 
     docs: list[Document]
     vectors: np.ndarray
+    owners: np.ndarray | None = None
+
+    def split(self, n: int) -> tuple[EncodedPart, EncodedPart]:
+        """The first ``n`` documents with their vectors, and the rest."""
+        if self.owners is None:
+            return EncodedPart(self.docs[:n], self.vectors[:n]), EncodedPart(self.docs[n:], self.vectors[n:])
+        cut = int(np.searchsorted(self.owners, n))
+        return (
+            EncodedPart(self.docs[:n], self.vectors[:cut], self.owners[:cut]),
+            EncodedPart(self.docs[n:], self.vectors[cut:], self.owners[cut:] - n),
+        )
+
+    def keep(self, rows: Sequence[int] | np.ndarray) -> EncodedPart:
+        """The documents at ``rows`` (ascending positions in ``docs``) with their vectors."""
+        rows = np.asarray(rows, dtype=np.int64)
+        docs = [self.docs[int(i)] for i in rows]
+        if self.owners is None:
+            return EncodedPart(docs, self.vectors[rows])
+        position = np.full(len(self.docs), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        kept = position[self.owners] >= 0
+        return EncodedPart(docs, self.vectors[kept], position[self.owners[kept]])
 
 
 @dataclass
@@ -159,12 +189,8 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _resolve(index_dir: str | Path | None) -> Path:
-    return Path(index_dir) if index_dir is not None else default_index_dir()
-
-
 def encode_parts(
-    encoder: Any,
+    encoder: Encoder,
     docs: Iterable[Document],
     *,
     batch_size: int = 64,
@@ -174,33 +200,35 @@ def encode_parts(
     """Encode documents (``Document.encoded_text``) in chunks of a few thousand.
 
     ``long_text``: a manifest's ``long_text`` record (:func:`simtool.chunking.index_long_text`); empty truncates.
+    ``chunk-max`` parts carry one vector per token window and its ``owners``.
     """
-    from simtool.chunking import encode_long
+    from simtool.chunking import encode_chunked
     from simtool.encoder import batched_documents
 
     spec = long_text or {}
+    mode = spec.get("mode", "truncate")
     for chunk in batched_documents(docs):
-        vectors = encode_long(
+        enc = encode_chunked(
             encoder,
             [d.encoded_text for d in chunk],
-            mode=spec.get("mode", "truncate"),
+            mode=mode,
             chunk_tokens=spec.get("chunk_tokens"),
             chunk_overlap=spec.get("chunk_overlap", 0),
             batch_size=batch_size,
         )
         if bar is not None:
             bar.update(len(chunk))
-        yield EncodedPart(chunk, vectors)
+        yield EncodedPart(chunk, enc.vectors, enc.owners if mode == "chunk-max" else None)
 
 
 # --- model and reducers recorded in a manifest -------------------------------------------------------
 
 
-def model_info(encoder: Any) -> ModelInfo:
+def model_info(encoder: Encoder) -> ModelInfo:
     """What a manifest records of a model loaded by :func:`simtool.encoder.load_encoder`."""
     from simtool.encoder import describe_pooling, embedding_dim, model_fingerprint
 
-    source = getattr(encoder, "simtool_source", None)
+    source = encoder_info(encoder).source
     if source is None:
         raise SimtoolError("pass a model loaded with simtool.load_encoder so the index can record where it came from")
     path = Path(source).expanduser()
@@ -213,7 +241,7 @@ def model_info(encoder: Any) -> ModelInfo:
     )
 
 
-def load_index_encoder(manifest: Manifest, device: str | None = None, backend: str | None = None) -> Any:
+def load_index_encoder(manifest: Manifest, device: str | None = None, backend: str | None = None) -> Encoder:
     """The encoder that built the index, checked against the recorded fingerprint.
 
     ``backend``: ``None`` (the index's own), ``auto`` or a name, within the index's tolerance
@@ -232,7 +260,7 @@ def load_index_encoder(manifest: Manifest, device: str | None = None, backend: s
     return encoder
 
 
-def check_same_model(manifest: Manifest, encoder: Any) -> None:
+def check_same_model(manifest: Manifest, encoder: Encoder) -> None:
     from simtool.backends import compat
     from simtool.encoder import embedding_dim, model_fingerprint
 
@@ -294,10 +322,10 @@ class Index:
         memory_budget: int | None = None,
         auto_merge: bool = True,
         merge_factor: int = MERGE_FACTOR,
-        encoder: Any = None,
+        encoder: Encoder | None = None,
         backend: str | None = None,
     ) -> None:
-        self.directory = _resolve(index_dir)
+        self.directory = resolve_index_dir(index_dir)
         manifest = Manifest.load(self.directory)  # fail now on a missing or foreign directory
         from simtool.backends import compat
 
@@ -319,7 +347,7 @@ class Index:
     def generation(self) -> int:
         return self.manifest.generation
 
-    def encoder(self) -> Any:
+    def encoder(self) -> Encoder:
         if self._encoder is None:
             self._encoder = load_index_encoder(self.manifest, backend=self.backend)
         return self._encoder
@@ -361,8 +389,12 @@ class Index:
         _check_batch(docs, source)
         if vectors is not None and len(vectors) != len(docs):
             raise SimtoolError(f"vectors has {len(vectors)} rows for {len(docs)} documents")
-        if on_duplicate not in ON_DUPLICATE:
-            raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+        if vectors is not None and docs and _chunked(self.manifest):
+            raise SimtoolError(
+                "vectors: a chunk-max index holds one vector per chunk; pass the documents alone to be encoded, "
+                "or EncodedParts with owners to append()"
+            )
+        check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
         with self._transaction() as tx:
             existing = tx.lookup([d.id for d in docs])
             if existing and on_duplicate == "error":
@@ -409,8 +441,7 @@ class Index:
         Parts stream to disk as they come, into segments of at most ``segment_rows`` rows. Ids must
         be unique across the parts (a duplicate fails the whole write, naming ``source``).
         """
-        if on_duplicate not in ON_DUPLICATE:
-            raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+        check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
         with self._transaction() as tx:
 
             def checked() -> Iterator[EncodedPart]:
@@ -576,19 +607,27 @@ class _Transaction:
         filled from it. ``build``: every segment takes the index's factory (``auto`` decided on the
         total), as a fresh build must; otherwise each segment's is decided by its size.
         """
-        if segment_rows is not None and segment_rows <= 0:
-            raise SimtoolError(f"segment_rows must be positive, got {segment_rows}")
+        if segment_rows is not None:
+            check_positive("segment_rows", segment_rows)
+        chunked = _chunked(self.result)
         writers: list[tuple[str, SegmentWriter]] = []
         try:
             for part in parts:
-                docs, vectors = part.docs, part.vectors
-                while docs:
+                if (part.owners is not None) != chunked:
+                    raise SimtoolError(
+                        "parts: a chunk-max index takes EncodedParts with owners (the document of each chunk "
+                        "vector), as encode_parts(long_text=manifest.long_text) makes them"
+                        if chunked
+                        else f"parts: EncodedParts with owners are for a chunk-max index; this one is "
+                        f"{self.result.long_text.get('mode', 'truncate')}"
+                    )
+                while part.docs:
                     if not writers or (segment_rows is not None and writers[-1][1].count >= segment_rows):
                         name, path = self._new_segment()
-                        writers.append((name, SegmentWriter(path, self.result.model.dim)))
-                    room = len(docs) if segment_rows is None else segment_rows - writers[-1][1].count
-                    writers[-1][1].append(docs[:room], vectors[:room])
-                    docs, vectors = docs[room:], vectors[room:]
+                        writers.append((name, SegmentWriter(path, self.result.model.dim, chunked=chunked)))
+                    room = len(part.docs) if segment_rows is None else segment_rows - writers[-1][1].count
+                    head, part = part.split(room)
+                    writers[-1][1].append(head.docs, head.vectors, head.owners)
             raws = [writer.close_rows() for _, writer in writers]
             if build and (self.result.factory_spec or self.result.factory) == "auto":
                 self._set_factory(choose_factory(sum(map(len, raws)), self.result.dim, self.index.memory_budget))
@@ -698,28 +737,33 @@ class _Transaction:
         if factory is not None:
             self.result.factory_spec = factory
             if factory == "auto":
-                factory = choose_factory(self.result.count, self.result.dim, self.index.memory_budget)
+                every = sum(_live_vector_rows(self.directory, s) for s in self.result.segments)
+                factory = choose_factory(every, self.result.dim, self.index.memory_budget)
             self._set_factory(factory)
         live = sum(s.live for s in group)
         if live == 0:
             return False
         if whole:
             spec = self.result.factory_spec or self.result.factory
-            self._set_factory(segment_factory(spec, live, self.result.dim, self.index.memory_budget, small_ok=False))
+            n = sum(_live_vector_rows(self.directory, s) for s in group)  # "auto" decides on vectors, as a build
+            self._set_factory(segment_factory(spec, n, self.result.dim, self.index.memory_budget, small_ok=False))
         name, path = self._new_segment()
-        writer = SegmentWriter(path, self.result.model.dim)
+        writer = SegmentWriter(path, self.result.model.dim, chunked=_chunked(self.result))
+        rows: list[int] = []  # vector rows each segment of the group brings
         try:
             with progress_bar(live, "compact", progress) as bar:
                 for seg in group:
-                    for docs, vectors in _live_rows(self.directory, seg):
-                        writer.append(docs, vectors)
-                        bar.update(len(docs))
+                    before = writer.rows
+                    for part in _live_rows(self.directory, seg):
+                        writer.append(part.docs, part.vectors, part.owners)
+                        bar.update(len(part.docs))
+                    rows.append(writer.rows - before)
             raw = writer.close_rows()
             chosen = self._segment_factory(len(raw), whole)
             trained = self.trained() if chosen == self.result.factory else None
             merged = False
             if trained is not None and is_ivf(trained[1]):
-                merge_inverted_lists(trained[1], self._shards(group, raw, trained), path / INDEX_FILE)
+                merge_inverted_lists(trained[1], self._shards(group, rows, raw, trained), path / INDEX_FILE)
                 merged = True
             elif trained is None and chosen == self.result.factory:
                 trained = self._train(raw)
@@ -743,19 +787,22 @@ class _Transaction:
         self._add_segment(info)
         return merged
 
-    def _shards(self, group: Sequence[SegmentInfo], raw: np.ndarray, trained: tuple[str, Any]) -> list[Any]:
-        """Each segment of ``group`` as an IVF index of its live rows: its own FAISS index where that was
-        filled from ``trained`` and has no deletions, else ``trained`` filled with its rows of ``raw``."""
+    def _shards(
+        self, group: Sequence[SegmentInfo], rows: Sequence[int], raw: np.ndarray, trained: tuple[str, Any]
+    ) -> list[Any]:
+        """Each segment of ``group`` as an IVF index of its live rows (``rows[i]`` of ``raw`` each, in order):
+        its own FAISS index where that was filled from ``trained`` and has no deletions, else ``trained``
+        filled with its rows of ``raw``."""
         import faiss
 
         shards, start = [], 0
-        for seg in group:
+        for seg, n in zip(group, rows, strict=True):
             if seg.trained == trained[0] and not seg.deleted:
                 shards.append(read_faiss(self.directory / SEGMENTS_DIR / seg.name / INDEX_FILE, ondisk=seg.ondisk))
             else:
-                rows = reduced_view(raw[start : start + seg.live], self.reducers())
-                shards.append(fill_index(faiss.clone_index(trained[1]), rows))
-            start += seg.live
+                rows_of_seg = reduced_view(raw[start : start + n], self.reducers())
+                shards.append(fill_index(faiss.clone_index(trained[1]), rows_of_seg))
+            start += n
         return shards
 
     def _set_reducers(self, reducers: list[LinearReducer]) -> None:
@@ -793,8 +840,12 @@ class _Transaction:
 
 
 def _without(part: EncodedPart, drop: dict[str, Any]) -> EncodedPart:
-    keep = [i for i, d in enumerate(part.docs) if d.id not in drop]
-    return EncodedPart([part.docs[i] for i in keep], part.vectors[keep])
+    return part.keep([i for i, d in enumerate(part.docs) if d.id not in drop])
+
+
+def _chunked(manifest: Manifest) -> bool:
+    """Whether the index stores one vector per chunk (``long_text`` chunk-max)."""
+    return manifest.long_text.get("mode") == "chunk-max"
 
 
 def unique_ids(parts: Iterable[EncodedPart], source: str) -> Iterator[EncodedPart]:
@@ -821,21 +872,40 @@ def _check_batch(docs: Sequence[Document], source: str) -> None:
         seen.add(d.id)
 
 
-def _live_rows(directory: Path, seg: SegmentInfo, block: int = 65_536) -> Iterator[tuple[list[Document], np.ndarray]]:
-    """A segment's live documents and raw vectors, in row order, in blocks."""
+def _live_vector_rows(directory: Path, seg: SegmentInfo) -> int:
+    """Vector rows of a segment's live documents (its live documents, unless it is chunk-max)."""
+    if seg.chunks is None:
+        return seg.live
+    if not seg.tombstones:
+        return seg.chunks
+    seg_dir = directory / SEGMENTS_DIR / seg.name
+    dead = load_tombstones(seg_dir / seg.tombstones, seg.count)
+    return seg.chunks - int(np.isin(load_chunk_owners(seg_dir / CHUNKS_FILE, seg.chunks), dead).sum())
+
+
+def _live_rows(directory: Path, seg: SegmentInfo, block: int = 65_536) -> Iterator[EncodedPart]:
+    """A segment's live documents and raw vectors, in row order, in blocks of about ``block`` vector rows
+    (a chunk-max segment's parts carry their owners)."""
     seg_dir = directory / SEGMENTS_DIR / seg.name
     raw = np.load(seg_dir / VECTORS_FILE, mmap_mode="r")
+    owners = None if seg.chunks is None else load_chunk_owners(seg_dir / CHUNKS_FILE, seg.chunks)
     live = np.ones(seg.count, dtype=bool)
     if seg.tombstones:
         live[load_tombstones(seg_dir / seg.tombstones, seg.count)] = False
+    docs_per_block = max(1, block * seg.count // max(seg.vectors, 1))
     with DocStore(seg_dir / DOCS_FILE) as store:
-        for start in range(0, seg.count, block):
-            stop = min(seg.count, start + block)
+        for start in range(0, seg.count, docs_per_block):
+            stop = min(seg.count, start + docs_per_block)
             keep = np.flatnonzero(live[start:stop])
             if len(keep) == 0:
                 continue
             docs = store.iter_rows(start, stop)
-            yield [docs[i] for i in keep], np.asarray(raw[start + keep], dtype=np.float32)
+            if owners is None:
+                yield EncodedPart([docs[i] for i in keep], np.asarray(raw[start + keep], dtype=np.float32))
+                continue
+            lo, hi = np.searchsorted(owners, [start, stop])
+            part = EncodedPart(docs, np.asarray(raw[lo:hi], dtype=np.float32), np.asarray(owners[lo:hi]) - start)
+            yield part.keep(keep)
 
 
 # --- garbage collection and recovery ------------------------------------------------------------------
@@ -902,7 +972,7 @@ def verify_manifest(directory: Path, manifest: Manifest) -> list[str]:
 
 def verify_index(index_dir: str | Path | None = None) -> dict[str, Any]:
     """``simtool index verify``: every file of the newest generation, by sha256."""
-    directory = _resolve(index_dir)
+    directory = resolve_index_dir(index_dir)
     manifest = Manifest.load(directory)
     files = verify_manifest(directory, manifest)
     for seg in manifest.segments:
@@ -919,7 +989,7 @@ def build_index(
     corpus: str | Path | Iterable[Document] | Iterable[EncodedPart],
     index_dir: str | Path | None = None,
     *,
-    model: Any = None,
+    model: str | os.PathLike[str] | Encoder | None = None,
     pooling: str | None = None,
     max_seq_length: int | None = None,
     factory: str = "auto",
@@ -941,8 +1011,10 @@ def build_index(
     ``backend``: the encode backend when ``model`` is a name or path (:func:`simtool.load_encoder`);
     the manifest records the one that encoded (a loaded ``model`` brings its own).
 
-    ``long_text``: ``truncate`` or ``chunk-mean`` (one vector per document, the mean of its token
-    windows; see :mod:`simtool.chunking`), recorded in the manifest so later adds encode alike.
+    ``long_text``: ``truncate``, ``chunk-mean`` (one vector per document, the mean of its token
+    windows) or ``chunk-max`` (one vector per window; a search scores each document by its best
+    window and returns it once; see :mod:`simtool.chunking`), recorded in the manifest so later adds
+    encode alike. EncodedParts for a chunk-max build carry ``owners``.
     EncodedParts are streamed to disk as they come (an iterator of them is never held in memory),
     into segments of at most ``segment_rows`` rows; ids must be unique across all of them.
 
@@ -954,9 +1026,8 @@ def build_index(
     from simtool.chunking import index_long_text
     from simtool.encoder import embedding_dim, load_encoder, progress_bar
 
-    target = _resolve(index_dir)
-    if metric not in METRICS:
-        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    target = resolve_index_dir(index_dir)
+    check_metric(metric)
     parts: Iterator[EncodedPart] | None = None
     docs: Iterable[Document] = ()
     n: int | None = None
@@ -975,8 +1046,10 @@ def build_index(
             docs, n = listed, len(listed)
             if n == 0:
                 raise SimtoolError("documents: nothing to index")
-    loaded = model is not None and not isinstance(model, (str, os.PathLike))
-    encoder = model if loaded else load_encoder(model, pooling, None, max_seq_length, backend=backend)
+    if model is None or isinstance(model, (str, os.PathLike)):
+        encoder: Encoder = load_encoder(model, pooling, None, max_seq_length, backend=backend)
+    else:
+        encoder = model
     spec = index_long_text(encoder, long_text, chunk_tokens, chunk_overlap)
     dim = embedding_dim(encoder)
     chosen = choose_factory(n or 0, dim, memory_budget) if factory == "auto" else factory
@@ -1028,14 +1101,8 @@ def build_index(
             result = write_into(target, base)
             collect_garbage(target, result)
         return result
-    staging = staging_dir_for(target)
-    try:
-        empty = copy.deepcopy(manifest)
-        result = write_into(staging, empty)
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with atomic_dir(target) as staging:
+        result = write_into(staging, copy.deepcopy(manifest))
     return result
 
 
@@ -1043,10 +1110,8 @@ def create_index(index_dir: str | Path, model: ModelInfo, *, metric: str = "ip",
     """A new index with no documents, for vectors that an outside encoder (``model`` describes it) makes
     and :meth:`Index.append` adds. The directory appears whole, by one rename; an existing index is an error."""
     target = Path(index_dir)
-    if metric not in METRICS:
-        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if model.dim <= 0:
-        raise SimtoolError(f"model.dim must be positive, got {model.dim}")
+    check_metric(metric)
+    check_positive("model.dim", model.dim)
     if _is_index(target):
         raise IndexDirError(f"{target}: already an index")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -1066,21 +1131,14 @@ def create_index(index_dir: str | Path, model: ModelInfo, *, metric: str = "ip",
         updated_at=_now(),
         simtool_version=__version__,
     )
-    staging = staging_dir_for(target)
     try:
-        manifest.save(staging)
-        fsync_tree(staging)
         # a plain rename, not replace_dir: it fails when another process published an index here meanwhile,
         # where an exchange would silently throw that index away
-        os.rename(staging, target)
-        fsync_dir(target.parent)
+        with atomic_dir(target, publish=publish_new_dir) as staging:
+            manifest.save(staging)
     except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
         if _is_index(target):
             raise IndexDirError(f"{target}: already an index (created meanwhile by another writer)") from None
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
 
@@ -1106,20 +1164,25 @@ def add_to_index(
     progress: bool = True,
     lock_timeout: float = 30.0,
     backend: str | None = None,
+    long_text: str | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
 ) -> tuple[Manifest, int, int]:
     """Add a corpus file to an existing index; returns ``(manifest, added, skipped)``.
 
     New documents are encoded with the index's own model; ``model``, if given, must be that same
     model. ``on_duplicate``: ``"error"`` (nothing is written), ``"skip"`` or ``"replace"`` (upsert).
-    ``backend``: as :class:`Index` takes it.
+    ``backend``: as :class:`Index` takes it. ``long_text``, ``chunk_tokens``, ``chunk_overlap``: None
+    (the index's own, as its manifest records them) or the same values; others are refused.
     """
+    from simtool.chunking import check_index_long_text
     from simtool.encoder import load_encoder
 
-    if on_duplicate not in ON_DUPLICATE:
-        raise SimtoolError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}")
+    check_one_of("on_duplicate", on_duplicate, ON_DUPLICATE)
     path = Path(corpus)
     fields.count(path)
     index = Index(index_dir, gpu=gpu, lock_timeout=lock_timeout, backend=backend)
+    check_index_long_text(index.manifest.long_text, long_text, chunk_tokens, chunk_overlap)
     if model is not None:
         check_same_model(index.manifest, load_encoder(model, None, None, index.manifest.model.max_seq_length))
     result = index.write(
@@ -1159,13 +1222,14 @@ def reduce_index(
 
 def live_vectors(index_dir: str | Path | None = None) -> np.ndarray:
     """The raw encoder vectors of every live document of the newest generation, ``(n, d) float32``
-    (memory-mapped when the index is one segment without deletions)."""
-    directory = _resolve(index_dir)
+    (memory-mapped when the index is one segment without deletions); a chunk-max index gives one row
+    per live chunk."""
+    directory = resolve_index_dir(index_dir)
     manifest = Manifest.load(directory)
     segs = manifest.segments
     if len(segs) == 1 and not segs[0].deleted:
         return np.load(directory / SEGMENTS_DIR / segs[0].name / VECTORS_FILE, mmap_mode="r")
-    blocks = [v for seg in segs for _, v in _live_rows(directory, seg)]
+    blocks = [part.vectors for seg in segs for part in _live_rows(directory, seg)]
     return np.concatenate(blocks) if blocks else np.zeros((0, manifest.model.dim), np.float32)
 
 
@@ -1179,7 +1243,7 @@ def index_info(
     """
     from simtool.backends import compat
 
-    directory = _resolve(index_dir)
+    directory = resolve_index_dir(index_dir)
     manifest = Manifest.load(directory)
     if verify:
         verify_manifest(directory, manifest)
@@ -1201,7 +1265,7 @@ def upgrade_index(index_dir: str | Path | None = None) -> Manifest:
     generation 1 (hard links, no copy), published by one rename of ``manifest.json``."""
     import json
 
-    directory = _resolve(index_dir)
+    directory = resolve_index_dir(index_dir)
     path = directory / MANIFEST_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

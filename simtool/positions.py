@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,7 @@ def extend_positions(
     Raises :class:`PositionsNotExtendable` for rotary/relative models. The directory is built
     aside and moved into place in one step, so a crash leaves no half-written model.
     """
-    from simtool.atomic import replace_dir, staging_dir_for
+    from simtool.atomic import atomic_dir
     from simtool.encoder import load_encoder
 
     out = Path(output)
@@ -157,12 +156,7 @@ def extend_positions(
         raise SimtoolError(f"output {str(out)!r} exists and is not a model directory; refusing to replace it")
     encoder = load_encoder(model, device="cpu")
     extend_model(encoder, max_length, alpha)
-    staging = staging_dir_for(out)
-    try:
+    with atomic_dir(out) as staging:
         encoder.save(str(staging))
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("wrote %s: %d positions (alpha %.3g)", out, max_length, alpha)
     return out

@@ -16,15 +16,18 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from simtool.config import default_index_dir
+from simtool.config import resolve_index_dir
 from simtool.corpus import Document
 from simtool.errors import SimtoolError
 from simtool.filters import compile_filter, parse_filter
 from simtool.index import load_index_encoder, load_reducers, verify_manifest
 from simtool.locks import PENDING, ReaderLease
 from simtool.manifest import Manifest
+from simtool.protocols import Encoder
 from simtool.reduce.base import LinearReducer, apply_chain
 from simtool.segments import SegmentReader
+from simtool.validate import check_k
+from simtool.vector_index import MaskedSearcher
 
 Backend = Literal["auto", "faiss", "torch"]
 Filter = dict[str, Any] | str | None
@@ -87,6 +90,11 @@ def choose_backend(manifest: Manifest, backend: Backend, device: str | None) -> 
     if backend not in ("auto", "faiss", "torch"):
         raise SimtoolError(f"backend must be auto, faiss or torch, got {backend!r}")
     torch_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if manifest.long_text.get("mode") == "chunk-max":
+        # MaxP maps chunk hits to documents in each segment's FAISS search (SegmentReader.search)
+        if backend == "torch":
+            raise SimtoolError("backend='torch' does not search chunk-max indexes yet; use backend='faiss' or 'auto'")
+        return "faiss", torch_device
     if backend != "auto":
         return backend, torch_device
     if not _faiss_installed():
@@ -104,7 +112,7 @@ class _Snapshot:
     manifest: Manifest
     segments: list[SegmentReader]
     reducers: list[LinearReducer]
-    torch: Any = None  # TorchExactSearcher over every segment's rows, for the torch backend
+    torch: _MaskedTorch | None = None  # exact search over every segment's rows, for the torch backend
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
 
     @property
@@ -120,7 +128,7 @@ class Retriever:
     def __init__(
         self,
         index_dir: Path,
-        encoder: Any,
+        encoder: Encoder | None,
         snapshot: _Snapshot,
         *,
         backend: str,
@@ -149,7 +157,7 @@ class Retriever:
         gpu: bool = True,
         verify: bool = False,
         search_params: dict[str, int] | None = None,
-        encoder: Any = None,
+        encoder: Encoder | None = None,
         load_model: bool = True,
         encode_backend: str | None = None,
     ) -> Retriever:
@@ -162,7 +170,7 @@ class Retriever:
         ``backend`` is the search engine; ``encode_backend`` the query encoder's: ``None`` (the index's own),
         ``auto`` or a name, within the index's tolerance (:mod:`simtool.backends.compat`).
         """
-        directory = Path(index_dir) if index_dir is not None else default_index_dir()
+        directory = resolve_index_dir(index_dir)
         Manifest.load(directory)  # a clear error for a missing or old directory before any lease
         lease = _lease(directory)
         try:
@@ -230,23 +238,21 @@ class Retriever:
         """``(len(queries), dim)`` float32 query vectors, exactly as the documents were: encoder, then reducers."""
         from simtool.encoder import encode_texts
 
-        self._need_model()
-        return apply_chain(self._snapshot.reducers, encode_texts(self.encoder, list(queries), batch_size=batch_size))
+        encoder = self._need_model()
+        return apply_chain(self._snapshot.reducers, encode_texts(encoder, list(queries), batch_size=batch_size))
 
     def search_vectors(
         self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None
     ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
         """Top-k over the snapshot: ``scores`` ``(nq, k)`` (higher is better, -inf pads) and per query the
         ``(segment, row)`` of each hit."""
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         return self._search(self._snapshot, vectors, k, filter)
 
     def search_encoded(self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None) -> list[list[Hit]]:
         """Hits for query vectors already encoded as :meth:`encode` does, ``(nq, dim)`` float32; search and
         document lookup read one snapshot, whatever :meth:`refresh` does meanwhile."""
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         snap = self._snapshot
         return self._hits(snap, *self._search(snap, vectors, k, filter))
 
@@ -311,23 +317,23 @@ class Retriever:
         """
         single = isinstance(queries, str)
         batch = [queries] if isinstance(queries, str) else list(queries)
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         for i, q in enumerate(batch):
             if not isinstance(q, str) or not q.strip():
                 raise SimtoolError(f"query {i + 1} is empty")
         from simtool.encoder import encode_texts
 
-        self._need_model()
+        encoder = self._need_model()
         snap = self._snapshot  # one generation for the whole batch, whatever refresh() does meanwhile
-        vectors = apply_chain(snap.reducers, encode_texts(self.encoder, batch))
+        vectors = apply_chain(snap.reducers, encode_texts(encoder, batch))
         scores, hits = self._search(snap, vectors, k, filter)
         results = self._hits(snap, scores, hits)
         return results[0] if single else results
 
-    def _need_model(self) -> None:
+    def _need_model(self) -> Encoder:
         if self.encoder is None:
             raise SimtoolError("this Retriever was opened with load_model=False: search with vectors instead")
+        return self.encoder
 
     def hits_for(self, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
         """Hits (documents included) for the output of :meth:`search_vectors` on this snapshot."""
@@ -337,16 +343,24 @@ class Retriever:
         self, vectors: np.ndarray, k: int = 10, *, filter: Filter = None
     ) -> tuple[list[list[Hit]], list[np.ndarray]]:
         """Hits for query vectors ``(nq, dim)`` and, per query, the indexed vectors of its hits
-        ``(n_hits, dim) float32`` (reducers applied), all from one snapshot whatever refresh() does meanwhile."""
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        ``(n_hits, dim) float32`` (reducers applied; in a chunk-max index, the best chunk's), all from one
+        snapshot whatever refresh() does meanwhile."""
+        check_k(k)
         snap = self._snapshot
-        scores, hits = self._search(snap, vectors, k, filter)
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        scores, hits = self._search(snap, q, k, filter)
         stored = []
-        for row_hits in hits:
-            raw = [np.asarray(snap.segments[g].raw[r], dtype=np.float32) for g, r in row_hits]
-            block = np.stack(raw) if raw else np.zeros((0, snap.manifest.model.dim), np.float32)
-            stored.append(apply_chain(snap.reducers, block) if raw else np.zeros((0, snap.manifest.dim), np.float32))
+        for qi, row_hits in enumerate(hits):
+            block = np.zeros((len(row_hits), snap.manifest.dim), np.float32)
+            for j, (g, r) in enumerate(row_hits):
+                seg = snap.segments[g]
+                rows = apply_chain(snap.reducers, np.asarray(seg.raw[seg.vector_rows(r)], dtype=np.float32))
+                if len(rows) > 1:  # the chunk that scored the document
+                    s = rows @ q[qi] if snap.manifest.metric == "ip" else -((rows - q[qi]) ** 2).sum(1)
+                    best = int(np.argmax(s))
+                    rows = rows[best : best + 1]
+                block[j] = rows[0]
+            stored.append(block)
         return self._hits(snap, scores, hits), stored
 
     def _hits(self, snap: _Snapshot, scores: np.ndarray, hits: list[list[tuple[int, int]]]) -> list[list[Hit]]:
@@ -397,14 +411,21 @@ class Retriever:
         return out
 
     def live_vectors(self) -> tuple[np.ndarray, list[str]]:
-        """Raw encoder vectors ``(n, d) float32`` of every live document, and their ids, in snapshot order."""
+        """Raw encoder vectors ``(n, d) float32`` of every live document, and their ids, in snapshot order;
+        a chunk-max index gives one row per chunk, its document's id repeated."""
         blocks: list[np.ndarray] = []
         ids: list[str] = []
         for seg in self._snapshot.segments:
             rows = np.arange(seg.info.count) if seg.live_mask is None else np.flatnonzero(seg.live_mask)
-            blocks.append(np.asarray(seg.raw[rows], dtype=np.float32))
             docs = seg.docs(rows.tolist())
-            ids.extend(docs[int(r)].id for r in rows)
+            if seg.owners is None:
+                blocks.append(np.asarray(seg.raw[rows], dtype=np.float32))
+                ids.extend(docs[int(r)].id for r in rows)
+                continue
+            live = np.ones(len(seg.owners), bool) if seg.live_mask is None else seg.live_mask[seg.owners]
+            chunks = np.flatnonzero(live)
+            blocks.append(np.asarray(seg.raw[chunks], dtype=np.float32))
+            ids.extend(docs[int(seg.owners[c])].id for c in chunks)
         dim = self.manifest.model.dim
         return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), ids
 
@@ -447,6 +468,8 @@ def _open_snapshot(
         else:
             segments.append(SegmentReader(directory, info, manifest.files, manifest.metric, manifest.dim))
     snap = _Snapshot(manifest, segments, reducers)
+    if backend == "torch" and manifest.long_text.get("mode") == "chunk-max":  # rebuilt as chunk-max meanwhile
+        raise SimtoolError(f"{directory}: a chunk-max index is searched with backend 'faiss', not 'torch'; reopen it")
     if backend == "torch":
         from simtool.vector_index import TorchExactSearcher
 
@@ -470,7 +493,7 @@ def _open_snapshot(
 class _MaskedTorch:
     """Torch exact search over all rows, never returning deleted ones."""
 
-    def __init__(self, searcher: Any, live: np.ndarray | None) -> None:
+    def __init__(self, searcher: MaskedSearcher, live: np.ndarray | None) -> None:
         self.searcher = searcher
         self.live = None if live is None or live.all() else live
 

@@ -31,6 +31,7 @@ from sentence_transformers.sentence_transformer.modules import Module
 from torch import Tensor, nn
 
 from simtool.errors import SimtoolError
+from simtool.validate import check_positive
 
 log = logging.getLogger(__name__)
 
@@ -519,16 +520,14 @@ def generate_similar(
     drops empty ones, duplicates and the input itself, and with ``rerank`` orders them by the model's own
     cosine to the input ([CLS] vectors); without it they keep sampling order with score = that cosine anyway.
     """
-    if n <= 0:
-        raise SimtoolError(f"n must be positive, got {n}")
+    check_positive("n", n)
     if candidates < n:
         raise SimtoolError(f"candidates must be >= n, got {candidates} < {n}")
     if not 0.0 < top_p <= 1.0:
         raise SimtoolError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k <= 0:
-        raise SimtoolError(f"top_k must be positive, got {top_k}")
-    if temperature <= 0:
-        raise SimtoolError(f"temperature must be positive, got {temperature}")
+    if top_k is not None:
+        check_positive("top_k", top_k)
+    check_positive("temperature", temperature)
     if max_length < 4:
         raise SimtoolError(f"max_length must be >= 4, got {max_length}")
     texts = list(texts)

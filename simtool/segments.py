@@ -3,7 +3,9 @@
 A segment is written once (:class:`SegmentWriter`) and never modified; deletions are
 recorded beside it as tombstone files, each a new file named after the generation that
 wrote it. Row ``i`` of a segment is row ``i`` of its ``vectors.npy``, its FAISS index and
-its ``docs.sqlite``.
+its ``docs.sqlite``, except in a ``chunk-max`` index (:mod:`simtool.chunking`), whose segments hold
+several vector rows per document row: ``chunks.npy`` names the document row of each vector row
+(nondecreasing), and a search returns each document once, scored by its best chunk.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ INDEX_FILE = "index.faiss"
 DOCS_FILE = "docs.sqlite"
 SEGMENT_FILES = (VECTORS_FILE, INDEX_FILE, DOCS_FILE)
 IVFDATA_FILE = "index.ivfdata"  # the inverted lists of a segment merged on disk (``SegmentInfo.ondisk``)
+CHUNKS_FILE = "chunks.npy"  # chunk-max: (chunks,) int64, the document row of each vector row
 
 # A fixed 128-byte .npy header, so vectors can be streamed to disk before their count is known
 # and the header rewritten in place at the end.
@@ -50,6 +53,7 @@ EXACT_MAX_ROWS = 20_000
 _MAGIC = {
     DOCS_FILE: [b"SQLite format 3\x00"],
     VECTORS_FILE: [b"\x93NUMPY"],
+    CHUNKS_FILE: [b"\x93NUMPY"],
     INDEX_FILE: [b"I"],  # every FAISS index fourcc starts with "I" (IxFI, IHNf, IwFl, ...)
 }
 
@@ -68,43 +72,76 @@ class SegmentInfo:
     # FAISS index was filled from, without training; segments sharing one merge their IVF lists
     trained: str | None = None
     ondisk: bool = False  # its IVF lists are in IVFDATA_FILE, memory-mapped
+    # chunk-max: the number of vector rows (chunks), mapped to document rows by CHUNKS_FILE;
+    # None: one vector row per document row
+    chunks: int | None = None
 
     @property
     def live(self) -> int:
         return self.count - self.deleted
 
+    @property
+    def vectors(self) -> int:
+        """Rows of its ``vectors.npy`` and FAISS index."""
+        return self.count if self.chunks is None else self.chunks
+
+    def file_names(self) -> list[str]:
+        """Names of its files inside the segment directory."""
+        names = [*SEGMENT_FILES, *([IVFDATA_FILE] if self.ondisk else [])]
+        names += [CHUNKS_FILE] if self.chunks is not None else []
+        return names + ([self.tombstones] if self.tombstones else [])
+
     def files(self) -> list[str]:
         """Paths of its files, relative to the index directory."""
-        names = [*SEGMENT_FILES, *([IVFDATA_FILE] if self.ondisk else [])]
-        names += [self.tombstones] if self.tombstones else []
-        return [f"{SEGMENTS_DIR}/{self.name}/{n}" for n in names]
+        return [f"{SEGMENTS_DIR}/{self.name}/{n}" for n in self.file_names()]
 
 
-def _npy_header(n: int, dim: int) -> bytes:
-    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, {dim}), }}"
+def _npy_header(n: int, dim: int | None, descr: str = "<f4") -> bytes:
+    shape = f"({n},)" if dim is None else f"({n}, {dim})"
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
     body = text.ljust(_NPY_HEADER - 10 - 1) + "\n"
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
 
 
 class SegmentWriter:
-    """Streams documents and their raw vectors into a new segment directory, then builds its FAISS index."""
+    """Streams documents and their raw vectors into a new segment directory, then builds its FAISS index.
 
-    def __init__(self, directory: Path, dim: int) -> None:
+    ``chunked``: a chunk-max segment, whose documents each bring one or more vector rows (``owners``).
+    """
+
+    def __init__(self, directory: Path, dim: int, *, chunked: bool = False) -> None:
         self.directory = directory
         self.dim = dim
         directory.mkdir(parents=True)
         self._vectors = open(directory / VECTORS_FILE, "wb")  # noqa: SIM115 - closed in finish()
         self._vectors.write(_npy_header(0, dim))
+        self._chunks = open(directory / CHUNKS_FILE, "wb") if chunked else None  # noqa: SIM115 - as above
+        if self._chunks is not None:
+            self._chunks.write(_npy_header(0, None, "<i8"))
         self._store = DocStore(directory / DOCS_FILE, readonly=False)
         self.count = 0
+        self.rows = 0  # vector rows (= count unless chunked)
 
-    def append(self, docs: Sequence[Document], vectors: np.ndarray) -> None:
-        """Add documents and their ``(len(docs), dim) float32`` raw encoder vectors."""
-        if vectors.shape != (len(docs), self.dim):
-            raise IndexDirError(f"expected vectors of shape ({len(docs)}, {self.dim}), got {vectors.shape}")
+    def append(self, docs: Sequence[Document], vectors: np.ndarray, owners: np.ndarray | None = None) -> None:
+        """Add documents and their raw encoder vectors ``(m, dim) float32``: one per document, or for a
+        chunked segment any number, ``owners`` ``(m,)`` naming each one's document (0-based in ``docs``,
+        nondecreasing, every document at least once)."""
+        if (owners is None) != (self._chunks is None):
+            raise IndexDirError("a chunk-max segment takes owners with its vectors; any other segment takes none")
+        m = len(docs) if owners is None else len(owners)
+        if vectors.shape != (m, self.dim):
+            raise IndexDirError(f"expected vectors of shape ({m}, {self.dim}), got {vectors.shape}")
+        if owners is not None and self._chunks is not None:
+            owners = np.asarray(owners, dtype=np.int64)
+            if len(docs) and not np.array_equal(np.unique(owners), np.arange(len(docs))):
+                raise IndexDirError(f"owners must name each of the {len(docs)} documents at least once")
+            if np.any(owners[1:] < owners[:-1]):
+                raise IndexDirError("owners must be nondecreasing (a document's chunks are contiguous)")
+            self._chunks.write(np.ascontiguousarray(owners + self.count, dtype="<i8").tobytes())
         self._store.add(docs, self.count)
         self._vectors.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         self.count += len(docs)
+        self.rows += m
 
     def close_rows(self) -> np.ndarray:
         """Flush the documents and vectors; returns the raw vectors ``(count, dim) float32``, memory-mapped."""
@@ -113,10 +150,16 @@ class SegmentWriter:
         self._store.commit()
         self._store.close()
         self._vectors.seek(0)
-        self._vectors.write(_npy_header(self.count, self.dim))
+        self._vectors.write(_npy_header(self.rows, self.dim))
         self._vectors.flush()
         os.fsync(self._vectors.fileno())
         self._vectors.close()
+        if self._chunks is not None:
+            self._chunks.seek(0)
+            self._chunks.write(_npy_header(self.rows, None, "<i8"))
+            self._chunks.flush()
+            os.fsync(self._chunks.fileno())
+            self._chunks.close()
         return np.load(self.directory / VECTORS_FILE, mmap_mode="r")
 
     def finish(
@@ -138,7 +181,7 @@ class SegmentWriter:
         raw = self.close_rows()
         if merged:
             info = SegmentInfo(
-                name=name, count=len(raw), factory=factory, search_params=default_search_params(factory), ondisk=True
+                name=name, count=self.count, factory=factory, search_params=default_search_params(factory), ondisk=True
             )
         else:
             info = build_faiss(
@@ -152,7 +195,9 @@ class SegmentWriter:
                 template=None if trained is None else trained[1],
             )
         info.trained = None if trained is None else trained[0]
-        for n in (*SEGMENT_FILES, *([IVFDATA_FILE] if info.ondisk else [])):
+        info.count = self.count
+        info.chunks = None if self._chunks is None else self.rows
+        for n in info.file_names():
             with open(self.directory / n, "rb") as f:
                 os.fsync(f.fileno())
         fsync_dir(self.directory)
@@ -162,6 +207,8 @@ class SegmentWriter:
         if not self._vectors.closed:
             self._vectors.close()
             self._store.close()
+        if self._chunks is not None and not self._chunks.closed:
+            self._chunks.close()
 
 
 def segment_factory(spec: str, n: int, dim: int, memory_budget: int | None, *, small_ok: bool) -> str:
@@ -275,11 +322,15 @@ class SegmentReader:
             self.index = read_faiss(path, ondisk=info.ondisk)
         except RuntimeError:
             raise IndexDirError(f"{path}: unreadable FAISS index; run `simtool index verify`") from None
-        if self.index.ntotal != info.count or self.index.d != dim:
+        if self.index.ntotal != info.vectors or self.index.d != dim:
             raise IndexDirError(
                 f"{path}: holds {self.index.ntotal} vectors of dim {self.index.d}, "
-                f"the manifest says {info.count} of dim {dim}"
+                f"the manifest says {info.vectors} of dim {dim}"
             )
+        # chunk-max: the document row of each vector row (checked in full by `simtool index verify`)
+        self.owners: np.ndarray | None = None
+        if info.chunks is not None:
+            self.owners = load_chunk_owners(self.directory / CHUNKS_FILE, info.chunks)
         self._store = DocStore(self.directory / DOCS_FILE, shared=True)
         self._store_lock = threading.Lock()
         self.raw = np.load(self.directory / VECTORS_FILE, mmap_mode="r")
@@ -316,6 +367,13 @@ class SegmentReader:
             mask &= self.live_mask
         return mask
 
+    def vector_rows(self, row: int) -> slice:
+        """The vector rows of document row ``row``: itself, or in a chunk-max segment its chunks."""
+        if self.owners is None:
+            return slice(row, row + 1)
+        lo, hi = np.searchsorted(self.owners, [row, row + 1])
+        return slice(int(lo), int(hi))
+
     def close(self) -> None:
         with self._store_lock:
             self._store.close()
@@ -329,8 +387,60 @@ class SegmentReader:
         reducers: Sequence[LinearReducer],
         params: dict[str, int],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of this segment over allowed rows: ``(scores, rows)`` ``(nq, k)``, higher is better, row -1 pads."""
-        n_allowed = self.info.count if allowed is None else int(allowed.sum())
+        """Top-k of this segment over allowed document rows: ``(scores, rows)`` ``(nq, k)``, higher is
+        better, row -1 pads. A chunk-max segment scores each document by its best chunk (MaxP)."""
+        if self.owners is None:
+            return self._search_rows(queries, k, allowed, reducers, params)
+        return self._search_chunks(queries, k, allowed, reducers, params)
+
+    def _search_chunks(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        reducers: Sequence[LinearReducer],
+        params: dict[str, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """MaxP over the chunk rows: fetch more chunks than ``k``, keep each document's first (best) hit
+        (:func:`simtool.chunking.dedupe_chunk_hits`), and double the fetch for queries still short of
+        ``k`` documents until the allowed chunks are exhausted."""
+        from simtool.chunking import dedupe_chunk_hits
+
+        owners = self.owners
+        assert owners is not None
+        n_docs = self.info.count if allowed is None else int(allowed.sum())
+        out_s, out_r = _empty(len(queries), k)
+        want = min(k, n_docs)
+        if want == 0:
+            return out_s, out_r
+        chunk_allowed = None if allowed is None else allowed[owners]
+        n_chunks = len(owners) if chunk_allowed is None else int(chunk_allowed.sum())
+        per_doc = -(-len(owners) // max(self.info.count, 1))  # mean chunks per document, rounded up
+        fetch = min(n_chunks, 2 * k * per_doc)
+        todo = np.arange(len(queries))
+        while len(todo):
+            s, r = self._search_rows(queries[todo], fetch, chunk_allowed, reducers, params)
+            short = []
+            for j, qi in enumerate(todo):
+                doc_s, doc_r = dedupe_chunk_hits(s[j], r[j], owners, k)
+                out_s[qi, : len(doc_r)], out_r[qi, : len(doc_r)] = doc_s, doc_r
+                if len(doc_r) < want:
+                    short.append(qi)
+            if fetch >= n_chunks:
+                break
+            todo, fetch = np.asarray(short, dtype=np.int64), min(n_chunks, 2 * fetch)
+        return out_s, out_r
+
+    def _search_rows(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        reducers: Sequence[LinearReducer],
+        params: dict[str, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k vector rows over allowed ones (``(vectors,)`` bool or None)."""
+        n_allowed = self.info.vectors if allowed is None else int(allowed.sum())
         if n_allowed == 0:
             return _empty(len(queries), k)
         exact = self.info.factory.replace(" ", "") == "Flat"
@@ -350,7 +460,7 @@ class SegmentReader:
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None, n_allowed: int, params: dict[str, int]
     ) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        kk = min(k, self.info.count)
+        kk = min(k, self.info.vectors)
         if allowed is None or self._selector_ok:
             sel_params = _search_parameters(self.index, params, allowed)
             try:
@@ -359,8 +469,8 @@ class SegmentReader:
             except RuntimeError:  # this index type takes no selector (e.g. IndexPQ)
                 self._selector_ok = False
         # Over-fetch past every excluded row, then drop them.
-        excluded = self.info.count - n_allowed
-        fetch = min(self.info.count, kk + excluded)
+        excluded = self.info.vectors - n_allowed
+        fetch = min(self.info.vectors, kk + excluded)
         d, i = self.index.search(q, fetch, params=_search_parameters(self.index, params, None))
         assert allowed is not None
         ok = (i >= 0) & allowed[np.clip(i, 0, None)]
@@ -425,6 +535,19 @@ def _search_parameters(index: Any, params: dict[str, int], allowed: np.ndarray |
         p.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
         p._keep = (bitmap, p.sel)  # the selector reads the bitmap; keep both alive with the params
     return p
+
+
+def load_chunk_owners(path: Path, chunks: int) -> np.ndarray:
+    """A chunk-max segment's ``(chunks,) int64`` document row of each vector row, memory-mapped.
+
+    Its header is checked here (dtype, shape); its bytes by sha256 in ``simtool index verify``."""
+    try:
+        owners = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        raise IndexDirError(f"{path}: unreadable chunk map; run `simtool index verify`") from None
+    if owners.dtype != np.int64 or owners.shape != (chunks,):
+        raise IndexDirError(f"{path}: malformed chunk map ({owners.dtype} {owners.shape}, expected int64 ({chunks},))")
+    return owners
 
 
 def load_tombstones(path: Path, count: int) -> np.ndarray:

@@ -16,13 +16,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from simtool.errors import SimtoolError
+from simtool.validate import check_metric
 
-METRICS = ("ip", "l2")
 FLAT_MAX_N = 100_000
 GPU_MAX_K = 2048  # faiss-gpu's k-selection limit; larger k is served on the CPU copy
 ADD_CHUNK = 65_536
@@ -41,8 +41,7 @@ def _faiss() -> Any:
 
 def faiss_metric(metric: str) -> int:
     faiss = _faiss()
-    if metric not in METRICS:
-        raise SimtoolError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    check_metric(metric)
     return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
 
 
@@ -274,12 +273,22 @@ def apply_search_params(index: Any, params: dict[str, int]) -> None:
         faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in params.items()))
 
 
+@runtime_checkable
 class Searcher(Protocol):
     """Top-k search over an index; returns ``(scores, rows)``, each ``(nq, k)``; missing hits have row -1."""
 
     backend: str
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class MaskedSearcher(Searcher, Protocol):
+    """A :class:`Searcher` that can leave rows out: ``allowed`` is ``(n,)`` bool of rows that may be returned."""
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class FaissSearcher:
@@ -308,8 +317,7 @@ class TorchExactSearcher:
     def __init__(self, vectors: np.ndarray, metric: str, device: str, block_rows: int = 1 << 18) -> None:
         import torch
 
-        if metric not in METRICS:
-            raise SimtoolError(f"metric must be one of {METRICS}, got {metric!r}")
+        check_metric(metric)
         self.metric = metric
         self.device = torch.device(device)
         self._x = torch.as_tensor(np.array(vectors, dtype=np.float32), device=self.device)

@@ -14,6 +14,7 @@ import pytest
 from simtool.backends import Capabilities, backend_info, compat
 from simtool.encoder import load_encoder
 from simtool.errors import SimtoolError
+from simtool.protocols import encoder_info
 from tests.conftest import WORDS, committed_state, run_cli, segment_file, write_jsonl
 
 BF16 = "torch-bf16"
@@ -152,7 +153,7 @@ def test_a_manifest_without_backend_loads_as_fp32_torch(
     info = index_info(index)
     assert info["backend"]["name"] == "torch" and info["backend"]["assumed"] is True
     with Retriever.load(index, device="cpu", gpu=False) as retriever:
-        assert retriever.encoder.simtool_backend == "torch"
+        assert encoder_info(retriever.encoder).backend == "torch"
         assert len(retriever.search("a query", 3)) == 3
     code, _, err = run_cli(capsys, "search", "a query", "--index-dir", str(index), "--backend", BF16)
     _one_line_error(code, err)

@@ -14,6 +14,7 @@ import pytest
 from simtool.backends import BACKENDS, Capabilities, backend_info, choose_backend
 from simtool.encoder import load_encoder
 from simtool.errors import SimtoolError
+from simtool.protocols import encoder_info
 from tests.conftest import run_cli
 
 # Real sentences (from the built-in STS sample); unknown words fall to the tiny model's characters.
@@ -128,7 +129,7 @@ def test_export_int8_round_trips_and_detects_corruption(
     assert record["guard"]["pairs"] == 48
     base = load_encoder(tiny_st, device="cpu")
     loaded = load_encoder(out, device="cpu", backend="auto")  # auto takes the export; no calibration at load
-    assert loaded.simtool_backend == "openvino-int8"
+    assert encoder_info(loaded).backend == "openvino-int8"
     assert backend_info(loaded)["exported"] == str(out)
     got, ref = loaded.encode(TEXTS), fp32(base)
     assert got.shape == ref.shape == (len(TEXTS), 32)

@@ -10,6 +10,7 @@ import pytest
 
 from simtool.backends import BACKENDS
 from simtool.encoder import load_encoder
+from simtool.protocols import encoder_info
 from tests.test_backends import TEXTS, check_against_fp32, fp32, one_minus_cos
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def test_fp32_export_is_exact_under_a_zero_drop_guard(tiny_st: Path, tmp_path: P
 
     record = export_model(load_encoder(tiny_st, device="cpu"), "openvino", tmp_path / "fp32", max_drop=0.0)
     assert record["guard"]["drop"] == 0.0 and record["guard"]["max_one_minus_cos"] < 1e-5
-    assert load_encoder(tmp_path / "fp32", device="cpu", backend="auto").simtool_backend == "openvino"
+    assert encoder_info(load_encoder(tmp_path / "fp32", device="cpu", backend="auto")).backend == "openvino"
 
 
 @pytest.mark.timeout(300)

@@ -96,7 +96,8 @@ def test_ray_missing_names_the_extra(
 
 @pytest.mark.parametrize(
     ("cpus", "workers", "expected"),
-    [(2, None, (2, 0.875)), (2, 1, (1, 1.0)), (16, 4, (4, 1.0)), (1, None, (1, 0.75))],
+    # a lone actor takes every spare CPU (its torch threads follow), or it would encode on one core of many
+    [(2, None, (2, 0.875)), (2, 1, (1, 1.75)), (16, 4, (4, 3.9375)), (1, None, (1, 0.75))],
 )
 def test_actor_plan_leaves_a_cpu_slot_for_reads(cpus: int, workers: int | None, expected: tuple[int, float]) -> None:
     from simtool.distributed import RayOptions
@@ -104,6 +105,57 @@ def test_actor_plan_leaves_a_cpu_slot_for_reads(cpus: int, workers: int | None, 
 
     planned = RayOptions(workers=workers).plan(cpus, 0)
     assert planned == expected and planned[0] * planned[1] <= cpus - READ_CPUS
+
+
+def test_actors_get_a_concrete_backend_resolved_on_the_driver() -> None:
+    from simtool.backends import BACKENDS
+    from simtool.distributed import RayOptions
+    from simtool.distributed.ray_encode import encoded_dataset, resolve_backend
+    from simtool.errors import SimtoolError
+
+    assert resolve_backend(None, "torch-bf16", RayOptions()) == "torch-bf16"
+    assert resolve_backend(None, "auto", RayOptions()) in BACKENDS
+    with pytest.raises(SimtoolError, match="auto"):
+        encoded_dataset(None, None, None, None, options=RayOptions(), backend="auto")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_ray_backend_reaches_the_actors(
+    ray_cluster: None, tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simtool.backends.compat import tolerance
+    from simtool.manifest import Manifest
+
+    corpus = _corpus(tmp_path, n_files=1, per_file=80)[0]
+    common = ["--model", str(tiny_st), "--backend", "torch-bf16", "--json"]
+    code, out, err = run_cli(capsys, "encode", str(corpus), *common, "-o", str(tmp_path / "single.npy"))
+    assert code == 0, err
+    code, out, err = run_cli(
+        capsys, "encode", str(corpus), *common, "-o", str(tmp_path / "ray.npy"), "--ray", "local", "--workers", "2"
+    )
+    assert code == 0, err
+    assert json.loads(out)["backend"] == "torch-bf16"
+    single, ray = np.load(tmp_path / "single.npy"), np.load(tmp_path / "ray.npy")
+    cos = (single * ray).sum(1) / np.linalg.norm(single, axis=1) / np.linalg.norm(ray, axis=1)
+    assert float((1 - cos).max()) <= tolerance("torch-bf16")
+    # and a bf16 fp32 mix-up would show: the fp32 vectors differ from the bf16 ones by more than rounding
+    code, out, err = run_cli(capsys, "encode", str(corpus), "--model", str(tiny_st), "--backend", "torch", "--json",
+                             "-o", str(tmp_path / "fp32.npy"))  # fmt: skip
+    assert code == 0, err
+    assert np.abs(np.load(tmp_path / "fp32.npy") - ray).max() > np.abs(single - ray).max()
+
+    index = tmp_path / "idx"
+    code, out, err = run_cli(capsys, "index", "build", str(corpus), "--index-dir", str(index), *common, "--no-gpu",
+                             "--ray", "auto", "--workers", "2")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["ray"]["backend"] == "torch-bf16"
+    assert Manifest.load(index).backend["name"] == "torch-bf16"
+    more = write_jsonl(tmp_path / "more.jsonl", [{"_id": "new-1", "text": "a dog runs"}])
+    code, out, err = run_cli(capsys, "index", "add", str(more), "--index-dir", str(index), "--json",
+                             "--backend", "torch-bf16", "--ray", "auto", "--workers", "1")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["backend"] == "torch-bf16"
 
 
 def test_actor_plan_rejects_workers_that_hold_every_cpu() -> None:

@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 from simtool.encoder import POOLINGS, encode_texts, load_encoder, model_fingerprint
 from simtool.errors import ModelNotFoundError, SimtoolError
+from simtool.protocols import encoder_info
 
 TEXTS = ["the cat sat on the road", "a big red bus", "python code raises an exception at night"]
 
@@ -54,7 +55,7 @@ def test_first_last_avg_saves_and_reloads(tiny_bert: Path, tmp_path: Path) -> No
     model = load_encoder(tiny_bert, pooling="first-last-avg", device="cpu")
     model.save(str(tmp_path / "m"))
     again = load_encoder(tmp_path / "m", device="cpu")
-    assert again.simtool_pooling == "first-last-avg"
+    assert encoder_info(again).pooling == "first-last-avg"
     np.testing.assert_array_equal(encode_texts(again, TEXTS), encode_texts(model, TEXTS))
     assert model_fingerprint(again) == model_fingerprint(model)
 
@@ -65,7 +66,7 @@ def test_sentence_transformers_dir_and_pooling_override(tiny_st: Path) -> None:
     np.testing.assert_allclose(encode_texts(model, TEXTS), plain.encode(TEXTS), atol=1e-6)
     assert np.allclose(np.linalg.norm(encode_texts(model, TEXTS), axis=1), 1.0, atol=1e-5)
     cls = load_encoder(tiny_st, pooling="cls", device="cpu")
-    assert cls.simtool_pooling == "cls"
+    assert encoder_info(cls).pooling == "cls"
     assert model_fingerprint(cls) != model_fingerprint(model)
 
 

@@ -101,19 +101,6 @@ def test_index_build_chunk_mean_is_recorded_and_reused_by_add(
     assert index_info(index_dir)["long_text"] == spec
 
 
-def test_index_build_chunk_max_is_one_line_and_writes_nothing(
-    tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    corpus, _ = _corpus(tmp_path)
-    index_dir = tmp_path / "idx"
-    code, _, err = run_cli(
-        capsys, "index", "build", str(corpus), "--index-dir", str(index_dir), "--model", str(tiny_st),
-        "--long-text", "chunk-max",
-    )  # fmt: skip
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "chunk-max" in err
-    assert not index_dir.exists()
-
-
 def test_chunked_index_on_ray_is_one_line_before_any_cluster(
     tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

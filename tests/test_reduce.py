@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import faiss
 import numpy as np
@@ -183,3 +184,83 @@ def test_export_loads_in_plain_sentence_transformers(tmp_path: Path, tiny_st: Pa
     with pytest.raises(SimtoolError, match="fitted on vectors of model other"):
         export_reduced_model(model, Whitening(4).fit(raw, source_fingerprint="other"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def _old_format_file(path: Path, config: dict[str, object], tensors: dict[str, np.ndarray]) -> Path:
+    """A reducer file exactly as the code before the registry wrote it: its arrays and the JSON config, in
+    ``LinearReducer.save``'s metadata key (``save_file(tensors, path, metadata={"simtool_reducer": ...})``)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata={"simtool_reducer": json.dumps(config)})
+    return path
+
+
+def test_files_in_the_old_layout_load_and_save_back_the_same(tmp_path: Path) -> None:
+    import json
+
+    from safetensors import safe_open
+
+    rng = np.random.default_rng(0)
+    weight, center = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    eigenvalues = np.sort(rng.random(6))[::-1].astype(np.float64)
+    whitening = {
+        "kind": "whitening",
+        "in_dim": 6,
+        "out_dim": 4,
+        "normalize": True,
+        "source_fingerprint": "abc",
+        "power": 0.2,
+        "eps": 0.0,
+        "n_samples": 500,
+    }
+    projection = {
+        "kind": "projection",
+        "in_dim": 6,
+        "out_dim": 4,
+        "normalize": False,
+        "source_fingerprint": None,
+        "distribution": "sparse",
+        "seed": 7,
+    }
+    files = {
+        "w": _old_format_file(
+            tmp_path / "w.safetensors", whitening, {"weight": weight, "center": center, "eigenvalues": eigenvalues}
+        ),
+        "p": _old_format_file(tmp_path / "p.safetensors", projection, {"weight": weight}),
+    }
+    w, p = load_reducer(files["w"]), load_reducer(files["p"])
+    assert isinstance(w, Whitening) and isinstance(p, RandomProjection)
+    assert (w.power_, w.power, w.eps, w.n_samples_, w.dim, w.dim_) == (0.2, 0.2, 0.0, 500, 4, 4)
+    assert (p.distribution, p.seed, p.dim, p.normalize) == ("sparse", 7, 4, False)
+    np.testing.assert_array_equal(w.mean_, center.astype(np.float64))
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    y = (x - center) @ weight
+    np.testing.assert_allclose(w.transform(x), y / np.linalg.norm(y, axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(p.transform(x), x @ weight, rtol=1e-6)
+    for reducer, config in ((w, whitening), (p, projection)):
+        reducer.save(tmp_path / "again.safetensors")
+        with safe_open(str(tmp_path / "again.safetensors"), framework="numpy") as f:
+            assert f.metadata() == {"simtool_reducer": json.dumps(config)}  # same keys, same order
+
+
+def test_reducers_register_by_kind_when_defined() -> None:
+    from simtool.reduce.base import REDUCERS, LinearReducer
+
+    assert REDUCERS["whitening"] is Whitening and REDUCERS["projection"] is RandomProjection
+    try:
+
+        class Scaled(LinearReducer):
+            kind: ClassVar[str] = "scaled-test"
+            config_keys: ClassVar[dict[str, str]] = {"factor": "factor"}
+
+        assert REDUCERS["scaled-test"] is Scaled
+        with pytest.raises(TypeError, match="reducer kind 'whitening' is taken by Whitening"):
+
+            class Again(LinearReducer):
+                kind: ClassVar[str] = "whitening"
+
+    finally:
+        REDUCERS.pop("scaled-test", None)
+    assert REDUCERS["whitening"] is Whitening

@@ -48,7 +48,7 @@ def _exact(path: Path, encoder: Any, k: int = 20) -> list[list[str]]:
 def _live_docs(path: Path) -> list[list[Any]]:
     from simtool.index import _live_rows
 
-    return [docs for seg in Manifest.load(path).segments for docs, _ in _live_rows(path, seg)]
+    return [part.docs for seg in Manifest.load(path).segments for part in _live_rows(path, seg)]
 
 
 @pytest.mark.parametrize("factory", ["IVF8,Flat", "IVF8,SQ8"])

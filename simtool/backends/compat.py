@@ -25,6 +25,7 @@ from typing import Any
 
 from simtool.backends.registry import BACKENDS, backend_names, choose_backend, detect_capabilities, get_backend
 from simtool.errors import SimtoolError
+from simtool.protocols import Encoder, encoder_info
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def refuse_past(built_record: dict[str, Any] | None, requested: str | None) -> N
         )
 
 
-def check_loaded(built_record: dict[str, Any] | None, encoder: Any, model_fingerprint: str | None = None) -> None:
+def check_loaded(built_record: dict[str, Any] | None, encoder: Encoder, model_fingerprint: str | None = None) -> None:
     """Refuse an already loaded encoder past the index's tolerance; warn once when its numerics differ.
 
     ``model_fingerprint``: the encoder's model fingerprint, when the caller computed it already.
@@ -136,7 +137,7 @@ def check_loaded(built_record: dict[str, Any] | None, encoder: Any, model_finger
     from simtool.backends.registry import backend_info
 
     built = recorded_backend(built_record)
-    name = str(getattr(encoder, "simtool_backend", "torch"))
+    name = encoder_info(encoder).backend
     if not within_tolerance(built, name):
         raise SimtoolError(
             f"the encoder runs backend {name!r} (max 1 - cos {tolerance(name):.0e}), past the "

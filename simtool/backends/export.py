@@ -16,16 +16,17 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simtool.atomic import atomic_write_json, replace_dir, staging_dir_for
+from simtool.atomic import atomic_dir, atomic_write_json
 from simtool.backends.base import encode_sorted
 from simtool.backends.registry import EXPORT_DIR, EXPORT_RECORD, get_backend
 from simtool.errors import SimtoolError
+from simtool.protocols import encoder_info
+from simtool.validate import check_positive
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ def calibration_sentences(path: Path | None, size: int = CALIBRATION_SIZE) -> tu
     """Up to ``size`` texts spread evenly over a corpus file (any format simtool reads), and their record."""
     from simtool.corpus import read_documents
 
-    if size <= 0:
-        raise SimtoolError(f"calibration_size must be positive, got {size}")
+    check_positive("calibration_size", size)
     source = DEFAULT_CALIBRATION if path is None else Path(path)
     texts = [d.encoded_text for d in read_documents(source)]
     if not texts:
@@ -142,8 +142,7 @@ def export_model(
             f"{backend} export drops STS-sample Spearman by {guard['drop']:.3f} (> max_drop={max_drop}); "
             "nothing written: calibrate on your own corpus or raise max_drop"
         )
-    staging = staging_dir_for(output)
-    try:
+    with atomic_dir(output) as staging:
         model.save(str(staging))
         stem = EXPORTABLE[backend]
         files = ov_graph.save_graph(graph, staging / EXPORT_DIR, stem)
@@ -154,15 +153,11 @@ def export_model(
             "graph": f"{stem}.xml",
             "files": files,
             "layers": None if layers is None else list(layers),
-            "source_model": source or getattr(model, "simtool_source", None),
+            "source_model": source or encoder_info(model).source,
             "source_fingerprint": model_fingerprint(model),
             "openvino_version": openvino.__version__,
             "calibration": calib_record,
             "guard": guard,
         }
         atomic_write_json(staging / EXPORT_DIR / EXPORT_RECORD, record)
-        replace_dir(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return record

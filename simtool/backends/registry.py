@@ -26,6 +26,8 @@ import numpy as np
 
 from simtool.backends.base import BackendSpec, Built, encode_sorted
 from simtool.errors import SimtoolError
+from simtool.protocols import Encoder, encoder_info, record_encoder_info
+from simtool.validate import check_batch_size
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -130,10 +132,11 @@ def attach_backend(model: SentenceTransformer, name: str, model_dir: Path) -> Se
         log.info("backend auto -> %s", name)
     spec = get_backend(name)
     built = spec.build(model, model_dir)
-    # nn.Module's __setattr__ typing sees only tensors and modules; these are plain attributes
-    model.simtool_backend = spec.name  # type: ignore[assignment]
-    model.simtool_backend_built = built  # type: ignore[assignment]
-    model.encode = functools.partial(_encode, model, built)  # type: ignore[method-assign]
+    record_encoder_info(
+        model, backend=spec.name, precision=built.precision, artifact=built.artifact, exported=built.exported
+    )
+    # the backend replaces this one model's encode (an instance attribute shadowing the method is the point)
+    model.encode = functools.partial(_encode, model, built, spec.name)  # type: ignore[method-assign]
     return model
 
 
@@ -143,6 +146,7 @@ _PASS_THROUGH = {"prompt_name": None, "prompt": None, "output_value": "sentence_
 def _encode(
     model: SentenceTransformer,
     built: Built,
+    backend: str,
     inputs: Any,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
@@ -156,7 +160,7 @@ def _encode(
 
     unusual = {k: v for k, v in kwargs.items() if k not in _PASS_THROUGH or _PASS_THROUGH[k] != v}
     if unusual:
-        if model.simtool_backend == "torch":
+        if backend == "torch":
             return SentenceTransformer.encode(
                 model,
                 inputs,
@@ -168,10 +172,9 @@ def _encode(
                 **kwargs,
             )
         raise SimtoolError(
-            f"backend {model.simtool_backend!r} encodes plain texts only, got {', '.join(unusual)}; use backend='torch'"
+            f"backend {backend!r} encodes plain texts only, got {', '.join(unusual)}; use backend='torch'"
         )
-    if batch_size <= 0:
-        raise SimtoolError(f"batch_size must be positive, got {batch_size}")
+    check_batch_size(batch_size)
     single = isinstance(inputs, str)
     texts = [inputs] if single else list(inputs)
     model.eval()
@@ -195,7 +198,7 @@ def _encode(
     return result
 
 
-def backend_info(model: SentenceTransformer, model_fingerprint: str | None = None) -> dict[str, Any]:
+def backend_info(model: Encoder, model_fingerprint: str | None = None) -> dict[str, Any]:
     """What an index manifest should record: the backend, its precision and a fingerprint of what computes it.
 
     The fingerprint covers the backend name, its precision, the model's weights and any exported file,
@@ -204,16 +207,13 @@ def backend_info(model: SentenceTransformer, model_fingerprint: str | None = Non
     """
     from simtool import encoder
 
-    name = getattr(model, "simtool_backend", "torch")
-    built: Built | None = getattr(model, "simtool_backend_built", None)
-    precision = "float32" if built is None else built.precision
-    artifact = None if built is None else built.artifact
-    spec = BACKENDS.get(name)
-    parts = [name, precision, model_fingerprint or encoder.model_fingerprint(model), artifact or ""]
+    info = encoder_info(model)
+    spec = BACKENDS.get(info.backend)
+    parts = [info.backend, info.precision, model_fingerprint or encoder.model_fingerprint(model), info.artifact or ""]
     return {
-        "name": name,
-        "precision": precision,
+        "name": info.backend,
+        "precision": info.precision,
         "fingerprint": hashlib.sha256("|".join(parts).encode()).hexdigest()[:16],
         "tolerance": None if spec is None else spec.tolerance,
-        "exported": None if built is None or built.exported is None else str(built.exported),
+        "exported": None if info.exported is None else str(info.exported),
     }

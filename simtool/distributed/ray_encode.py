@@ -25,6 +25,7 @@ import numpy as np
 from simtool.atomic import atomic_open, atomic_path
 from simtool.corpus import Document, read_documents
 from simtool.errors import CorpusError, SimtoolError
+from simtool.validate import check_batch_size, check_positive
 
 if TYPE_CHECKING:
     import ray.data
@@ -66,16 +67,15 @@ class RayOptions:
     batch_size: int = 1024
 
     def validate(self) -> None:
-        if self.workers is not None and self.workers <= 0:
-            raise SimtoolError(f"workers must be positive, got {self.workers}")
+        if self.workers is not None:
+            check_positive("workers", self.workers)
         if self.gpus_per_worker < 0:
             raise SimtoolError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        if self.batch_size <= 0:
-            raise SimtoolError(f"batch_size must be positive, got {self.batch_size}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise SimtoolError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
-        if self.num_cpus is not None and self.num_cpus <= 0:
-            raise SimtoolError(f"num_cpus must be positive, got {self.num_cpus}")
+        check_batch_size(self.batch_size)
+        if self.cpus_per_worker is not None:
+            check_positive("cpus_per_worker", self.cpus_per_worker)
+        if self.num_cpus is not None:
+            check_positive("num_cpus", self.num_cpus)
 
     def plan(self, cluster_cpus: float, cluster_gpus: float) -> tuple[int, float]:
         """``(workers, cpus_per_worker)`` on a cluster with these resources."""
@@ -88,7 +88,7 @@ class RayOptions:
             workers = max(1, int(cluster_gpus // self.gpus_per_worker))
         else:
             workers = max(1, int(cluster_cpus))
-        cpus = self.cpus_per_worker if self.cpus_per_worker is not None else min(1.0, spare / workers)
+        cpus = self.cpus_per_worker if self.cpus_per_worker is not None else spare / workers
         if workers * cpus > spare + 1e-9:
             raise SimtoolError(
                 f"workers={workers} x cpus_per_worker={cpus} leaves no CPU for reading on a "
@@ -279,6 +279,7 @@ class EncoderActor:
         batch_size: int,
         threads: int | None = None,
         fingerprint: str | None = None,
+        backend: str = "torch",
     ) -> None:
         import torch
 
@@ -286,7 +287,7 @@ class EncoderActor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = load_encoder(model, pooling, default_device(), max_seq_length)
+        self.model = load_encoder(model, pooling, default_device(), max_seq_length, backend=backend)
         if fingerprint is not None and model_fingerprint(self.model) != fingerprint:
             # a worker whose copy of the model differs (another node, another file) would corrupt an index
             raise SimtoolError(f"model {model} on this Ray worker does not have the index's fingerprint {fingerprint}")
@@ -298,6 +299,18 @@ class EncoderActor:
         texts = [str(t) for t in batch["encoded_text"]]
         vectors = encode_texts(self.model, texts, batch_size=self.batch_size)
         return {**batch, "embedding": vectors}
+
+
+def resolve_backend(model: str | os.PathLike[str] | None, backend: str, options: RayOptions) -> str:
+    """``backend``, with ``auto`` decided once by its rule (:mod:`simtool.backends.registry`) for the actors'
+    device (CUDA when they get GPUs) on this driver's CPU flags and ``model``'s directory."""
+    if backend != "auto":
+        return backend
+    from simtool.backends.registry import choose_backend, detect_capabilities
+    from simtool.encoder import resolve_model_path
+
+    device = "cuda" if options.gpus_per_worker else "cpu"
+    return choose_backend(detect_capabilities(device, resolve_model_path(model)))
 
 
 def actor_plan(options: RayOptions) -> tuple[int, float]:
@@ -315,13 +328,19 @@ def encoded_dataset(
     options: RayOptions,
     batch_size: int = 64,
     fingerprint: str | None = None,
+    backend: str = "torch",
 ) -> ray.data.Dataset:
     """``ds`` plus an ``embedding`` column, ``(d,) float32`` per row, from a pool of encoder actors.
 
-    ``fingerprint``: every actor checks its model against it (an index's recorded model)."""
+    ``fingerprint``: every actor checks its model against it (an index's recorded model). ``backend``: a
+    concrete encode backend, never ``auto``: resolved once on the driver, so that every node encodes the same
+    way even where their CPUs differ."""
+    if backend == "auto":
+        raise SimtoolError("backend: resolve 'auto' on the driver before starting the actors")
     gpus = options.gpus_per_worker
     workers, cpus = actor_plan(options)
-    threads = max(1, round(cpus))  # torch's default (every core) would oversubscribe actors sharing a node
+    # torch's default (every core) would oversubscribe actors sharing a node; a lone actor takes the spare CPUs
+    threads = max(1, int(cpus + 0.5))
     log.info("Ray encode: %d workers x %.2f CPUs, %.2f GPUs each", workers, cpus, gpus)
     return ds.map_batches(
         EncoderActor,
@@ -332,6 +351,7 @@ def encoded_dataset(
             "batch_size": batch_size,
             "threads": threads,
             "fingerprint": fingerprint,
+            "backend": backend,
         },
         batch_size=options.batch_size,
         batch_format="numpy",
@@ -352,16 +372,21 @@ def encode_file_ray(
     options: RayOptions = RayOptions(),
     fields: dict[str, str | None] | None = None,
     progress: bool = True,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Encode corpus files on Ray into ``output`` (``.npy``, ``(n, d) float32``) and ``OUT.ids.json``.
 
     The rows come back in file then line order, so the result is the single-process ``encode_file``'s.
-    Returns ``{"n", "dim", "ids", "workers", "seconds"}``. Both files are written atomically.
+    ``backend``: the actors' encode backend (``auto`` is resolved here, on the driver).
+    Returns ``{"n", "dim", "ids", "workers", "seconds", "backend"}``. Both files are written atomically.
     """
     from simtool.encoder import ids_path_for, progress_bar
 
+    backend = resolve_backend(model, backend, options)
     ds = corpus_dataset(paths, options, fields)
-    encoded = encoded_dataset(ds, model, pooling, max_seq_length, options=options, batch_size=batch_size)
+    encoded = encoded_dataset(
+        ds, model, pooling, max_seq_length, options=options, batch_size=batch_size, backend=backend
+    )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -396,7 +421,14 @@ def encode_file_ray(
         json.dump(ids, f, ensure_ascii=False)
     seconds = time.perf_counter() - started
     log.info("encoded %d documents on Ray in %.1fs", len(ids), seconds)
-    return {"n": len(ids), "dim": dim, "ids": str(ids_path), "workers": actor_plan(options)[0], "seconds": seconds}
+    return {
+        "n": len(ids),
+        "dim": dim,
+        "ids": str(ids_path),
+        "workers": actor_plan(options)[0],
+        "seconds": seconds,
+        "backend": backend,
+    }
 
 
 def check_unique_ids(ids: list[str], paths: Sequence[str | Path]) -> None:

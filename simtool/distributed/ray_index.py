@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from simtool.corpus import Document
-from simtool.distributed.ray_encode import RayOptions, actor_plan, corpus_dataset, encoded_dataset
+from simtool.distributed.ray_encode import RayOptions, actor_plan, corpus_dataset, encoded_dataset, resolve_backend
 from simtool.errors import SimtoolError
 from simtool.index import EncodedPart, Index, OnDuplicate, build_index, model_info, unique_ids
 from simtool.manifest import ModelInfo
+from simtool.protocols import encoder_info
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ def encode_parts_ray(
     options: RayOptions | None = None,
     batch_size: int = 64,
     fields: dict[str, str | None] | None = None,
+    backend: str = "torch",
 ) -> Iterator[EncodedPart]:
-    """The corpus files as parts, in file then line order, encoded by Ray actors holding ``model``."""
+    """The corpus files as parts, in file then line order, encoded by Ray actors holding ``model``
+    through ``backend`` (a concrete name)."""
     from simtool.encoder import POOLINGS
 
     options = options or RayOptions()
@@ -57,6 +60,7 @@ def encode_parts_ray(
         options=options,
         batch_size=batch_size,
         fingerprint=model.fingerprint,
+        backend=backend,
     )
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         docs = [
@@ -92,18 +96,23 @@ def build_index_ray(
     batch_size: int = 64,
     fields: dict[str, str | None] | None = None,
     segment_rows: int | None = DEFAULT_SEGMENT_ROWS,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Encode corpus files on Ray and build a new index from them, which appears whole or not at all.
 
-    The driver loads the model once (for its fingerprint and dimension); every actor checks its copy
-    against that fingerprint. Returns ``{"generation", "added", "parts", "segments", "workers"}``.
+    The driver loads the model once, through ``backend`` (``auto`` is resolved there), for its fingerprint,
+    dimension and the manifest's backend record; every actor loads the same backend and checks its copy
+    against that fingerprint. Returns ``{"generation", "added", "parts", "segments", "workers", "backend"}``.
     """
     from simtool.encoder import load_encoder
 
     options = options or RayOptions()
-    encoder = load_encoder(model, pooling, None, max_seq_length)
+    encoder = load_encoder(model, pooling, None, max_seq_length, backend=resolve_backend(model, backend, options))
+    chosen = encoder_info(encoder).backend
     counter = [0, 0]
-    parts = encode_parts_ray(paths, model_info(encoder), options=options, batch_size=batch_size, fields=fields)
+    parts = encode_parts_ray(
+        paths, model_info(encoder), options=options, batch_size=batch_size, fields=fields, backend=chosen
+    )
     manifest = build_index(
         unique_ids(_counted(parts, counter), _files(paths)),
         index_dir,
@@ -122,6 +131,7 @@ def build_index_ray(
         "parts": counter[1],
         "segments": len(manifest.segments),
         "workers": actor_plan(options)[0],
+        "backend": chosen,
     }
 
 
@@ -135,14 +145,16 @@ def add_to_index_ray(
     on_duplicate: OnDuplicate = "error",
     lock_timeout: float = 30.0,
     segment_rows: int | None = DEFAULT_SEGMENT_ROWS,
+    backend: str | None = None,
 ) -> dict[str, Any]:
     """Encode corpus files on Ray with the index's own model and commit them as ONE generation.
 
-    Ids must be unique across all files (a duplicate fails before any commit, naming it).
-    Returns ``{"generation", "added", "parts", "segments", "workers"}``.
+    ``backend``: as :class:`~simtool.index.Index` takes it (``None``: the index's own; within its tolerance),
+    resolved once on the driver for every actor. Ids must be unique across all files (a duplicate fails before
+    any commit, naming it). Returns ``{"generation", "added", "parts", "segments", "workers", "backend"}``.
     """
     options = options or RayOptions()
-    index = Index(index_dir, lock_timeout=lock_timeout)
+    index = Index(index_dir, lock_timeout=lock_timeout, backend=backend)
     if index.manifest.long_text:
         # the actors encode whole texts; an index built with chunk-mean must get chunk-mean vectors
         raise SimtoolError(
@@ -150,7 +162,11 @@ def add_to_index_ray(
         )
     before = {s.name for s in index.manifest.segments}
     counter = [0, 0]
-    parts = encode_parts_ray(paths, index.manifest.model, options=options, batch_size=batch_size, fields=fields)
+    # the driver's encoder is loaded (and checked against the manifest) only to name the backend the actors use
+    chosen = encoder_info(index.encoder()).backend
+    parts = encode_parts_ray(
+        paths, index.manifest.model, options=options, batch_size=batch_size, fields=fields, backend=chosen
+    )
     generation = index.append(
         _counted(parts, counter), on_duplicate=on_duplicate, segment_rows=segment_rows, source=_files(paths)
     )
@@ -164,4 +180,5 @@ def add_to_index_ray(
         "parts": counter[1],
         "segments": len(new),
         "workers": actor_plan(options)[0],
+        "backend": chosen,
     }

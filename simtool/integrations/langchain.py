@@ -20,6 +20,7 @@ from simtool.embedder import Embedder
 from simtool.errors import SimtoolError
 from simtool.integrations import require
 from simtool.integrations.store import ExternalVectorIndex
+from simtool.validate import check_batch_size
 
 _lc = require("langchain_core.embeddings", "langchain")
 _lc_docs = require("langchain_core.documents", "langchain")
@@ -46,8 +47,7 @@ class SimtoolEmbeddings(_lc.Embeddings):  # type: ignore[name-defined]  # the ba
         device: str | None = None,
         embedder: Embedder | None = None,
     ) -> None:
-        if batch_size <= 0:
-            raise SimtoolError(f"batch_size must be positive, got {batch_size}")
+        check_batch_size(batch_size)
         if sum(x is not None for x in (model, index_dir, embedder)) > 1:
             raise SimtoolError("pass at most one of model, index_dir and embedder")
         if embedder is None:

@@ -17,6 +17,7 @@ import numpy as np
 from simtool.corpus import Document
 from simtool.errors import SimtoolError
 from simtool.retriever import Filter, Hit
+from simtool.validate import check_k, check_one_of
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ class ExternalVectorIndex:
         embedding: Any = None,
         lock_timeout: float = 30.0,
     ) -> None:
-        if distance not in DISTANCES:
-            raise SimtoolError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        check_one_of("distance", distance, DISTANCES)
         self.index_dir = Path(index_dir)
         self.distance = distance
         self.framework = framework
@@ -185,8 +185,7 @@ class ExternalVectorIndex:
         ``Hit.distance``: the similarity for cosine/ip (higher is closer), the squared L2 for l2 (lower)."""
         from simtool.filters import parse_filter
 
-        if k <= 0:
-            raise SimtoolError(f"k must be positive, got {k}")
+        check_k(k)
         parse_filter(filter)  # a bad filter fails even on an empty store
         retriever = self._retriever
         if retriever is None or retriever.manifest.count == 0:

@@ -2,6 +2,11 @@
 
 Whitening and random projection both fit this shape, so an index applies either one the
 same way, and a reduced model is a stock sentence-transformers ``Dense`` + ``Normalize``.
+
+Saving and loading go the way sentence-transformers modules do: a subclass names its ``kind`` and its
+``config_keys`` (each JSON key and the attribute it is read from and restored to); defining the subclass
+registers it by ``kind`` (``__init_subclass__``), and :func:`load_reducer` finds the class by the ``kind``
+its file records. The subclasses shipped here are registered by importing :mod:`simtool.reduce`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from simtool.errors import SimtoolError
@@ -37,15 +43,32 @@ def check_finite(chunk: np.ndarray, first_row: int) -> None:
         raise SimtoolError(f"vector row {first_row + int(np.argmax(bad))} contains NaN or inf")
 
 
+REDUCERS: dict[str, type[LinearReducer]] = {}
+"""Every reducer class by ``kind``, filled as each subclass is defined."""
+
+
 class LinearReducer:
     """A fitted affine map ``(n, d) float32 -> (n, k) float32``, then L2 normalisation if ``normalize``.
 
     ``weight`` is ``(d, k)``; ``center`` ``(d,)`` or None is subtracted first, which keeps float32
     precise when the data sit far from the origin (``x @ W + b`` would cancel two large terms).
     ``source_fingerprint`` names the encoder whose vectors it was fitted on (None for a bare array).
+
+    A subclass sets ``kind`` (its name in saved files) and ``config_keys``: ``{json key: attribute}``
+    for its own parameters, saved after the base ones and restored to the attribute on load.
     """
 
     kind: ClassVar[str] = "linear"
+    config_keys: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind is None:
+            return  # an intermediate class: saved files name concrete kinds only
+        if kind in REDUCERS:
+            raise TypeError(f"reducer kind {kind!r} is taken by {REDUCERS[kind].__qualname__}")
+        REDUCERS[kind] = cls
 
     weight: np.ndarray
     center: np.ndarray | None
@@ -93,13 +116,14 @@ class LinearReducer:
         return y
 
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable parameters (no arrays)."""
+        """JSON-serialisable parameters (no arrays): the base keys, then ``config_keys``."""
         return {
             "kind": self.kind,
             "in_dim": self.in_dim,
             "out_dim": self.out_dim,
             "normalize": self.normalize,
             "source_fingerprint": self.source_fingerprint,
+            **{key: getattr(self, attr) for key, attr in self.config_keys.items()},
         }
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -114,29 +138,27 @@ class LinearReducer:
 
     @classmethod
     def _restore(cls, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearReducer:
+        """A fitted reducer from a saved ``config`` and its tensors; a subclass derives what it does not save."""
         obj = cls.__new__(cls)
         obj._set_affine(tensors["weight"], tensors.get("center"))
         obj.normalize = bool(config["normalize"])
         obj.source_fingerprint = config.get("source_fingerprint")
+        for key, attr in cls.config_keys.items():
+            setattr(obj, attr, config[key])
         return obj
 
 
 def load_reducer(path: str | Path) -> LinearReducer:
     """Read a reducer written by :meth:`LinearReducer.save` (safetensors: no pickle)."""
-    from safetensors import safe_open
-
-    from simtool.reduce.projection import RandomProjection
-    from simtool.reduce.whitening import Whitening
-
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
     if "simtool_reducer" not in meta:
         raise SimtoolError(f"{path}: not a simtool reducer file")
     config = json.loads(meta["simtool_reducer"])
-    classes = {c.kind: c for c in (Whitening, RandomProjection)}
-    if config.get("kind") not in classes:
+    cls = REDUCERS.get(config.get("kind"))
+    if cls is None:
         raise SimtoolError(f"{path}: unknown reducer kind {config.get('kind')!r}")
-    return classes[config["kind"]]._restore(config, load_file(str(path)))
+    return cls._restore(config, load_file(str(path)))
 
 
 def apply_chain(reducers: Sequence[LinearReducer], x: np.ndarray) -> np.ndarray:

@@ -7,14 +7,13 @@ encoder itself uses simtool's ``LayerPooling`` (``first-last-avg``), which is no
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-from simtool.atomic import replace_dir, staging_dir_for
+from simtool.atomic import atomic_dir
 from simtool.encoder import embedding_dim, model_fingerprint
 from simtool.errors import SimtoolError
 from simtool.reduce.base import LinearReducer
@@ -51,11 +50,6 @@ def export_reduced_model(model: SentenceTransformer, reducer: LinearReducer, out
     target = Path(output)
     if target.exists() and not (target / "modules.json").exists() and any(target.iterdir()):
         raise SimtoolError(f"{target}: exists and is not a model directory; choose another output directory")
-    staging = staging_dir_for(target)
-    try:
+    with atomic_dir(target) as staging:
         reduced_model(model, reducer).save(str(staging))
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -22,6 +22,7 @@ class RandomProjection(LinearReducer):
     """A seeded ``(d, k)`` random matrix; no bias. Normalises outputs unless ``normalize=False``."""
 
     kind: ClassVar[str] = "projection"
+    config_keys: ClassVar[dict[str, str]] = {"distribution": "distribution", "seed": "seed"}
 
     def __init__(self, dim: int, distribution: Distribution = "gaussian", seed: int = 0, normalize: bool = True):
         if not isinstance(dim, int) or dim <= 0:
@@ -47,12 +48,9 @@ class RandomProjection(LinearReducer):
         self.source_fingerprint = source_fingerprint
         return self
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "distribution": self.distribution, "seed": self.seed}
-
     @classmethod
     def _restore(cls, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> RandomProjection:
         obj = super()._restore(config, tensors)
         assert isinstance(obj, RandomProjection)
-        obj.dim, obj.distribution, obj.seed = obj.out_dim, config["distribution"], config["seed"]
+        obj.dim = obj.out_dim
         return obj

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.linalg.blas import dsyrk
 
 from simtool.errors import SimtoolError
 from simtool.reduce.base import LinearReducer, check_finite, iter_chunks
@@ -60,6 +59,10 @@ class MeanCovariance:
         if not np.isfinite(column_sums).all():  # NaN and inf reach the sums: one pass finds both
             check_finite(chunk, self.n)
         self.sum += column_sums
+        # scipy is imported here, not at module level: every index open loads this module (the reducer
+        # registry), and scipy.linalg would add ~0.2 s to each `simtool search`
+        from scipy.linalg.blas import dsyrk
+
         # syrk on the (d, m) Fortran view of the C-ordered (m, d) block: C += Aᵀ... without a copy
         self.gram = dsyrk(1.0, centred.T, beta=1.0, c=self.gram, trans=0, overwrite_c=True)
         self.n += len(chunk)
@@ -98,6 +101,7 @@ class Whitening(LinearReducer):
     """
 
     kind: ClassVar[str] = "whitening"
+    config_keys: ClassVar[dict[str, str]] = {"power": "power_", "eps": "eps", "n_samples": "n_samples_"}
 
     def __init__(
         self,
@@ -189,9 +193,6 @@ class Whitening(LinearReducer):
             raise SimtoolError("no (dim, power) candidate could be evaluated on the dev set")
         return -best[1], -best[2]
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "power": self.power_, "eps": self.eps, "n_samples": self.n_samples_}
-
     def tensors(self) -> dict[str, np.ndarray]:
         return {
             **super().tensors(),
@@ -202,7 +203,6 @@ class Whitening(LinearReducer):
     def _restore(cls, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Whitening:
         obj = super()._restore(config, tensors)
         assert isinstance(obj, Whitening)
-        obj.power_, obj.eps, obj.n_samples_ = config["power"], config["eps"], config["n_samples"]
         obj.dim_, obj.dim, obj.power = obj.out_dim, obj.out_dim, obj.power_
         obj.mean_, obj.eigenvalues_ = tensors["center"].astype(np.float64), tensors["eigenvalues"]
         obj.grid_ = []

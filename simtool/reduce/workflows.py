@@ -11,20 +11,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
-from simtool.config import default_index_dir
+from simtool.config import resolve_index_dir
 from simtool.encoder import batched_documents, encode_texts, model_fingerprint
 from simtool.errors import SimtoolError
 from simtool.index import CorpusFields, live_vectors, load_index_encoder, reduce_index
 from simtool.manifest import Manifest
+from simtool.protocols import Encoder
 from simtool.reduce.dims import entropy_dim
 from simtool.reduce.projection import Distribution, RandomProjection
 from simtool.reduce.whitening import Whitening
 
 TuneSet = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Raw embeddings ``(n, d)`` of both sides of STS pairs and their gold scores ``(n,)`` float64."""
-Tuning = Callable[[SentenceTransformer], TuneSet]
+Tuning = Callable[[Encoder], TuneSet]
 """Makes the tuning set with the encoder being reduced (``simtool.evals.tuning.sts_tuning`` reads STS files)."""
 
 
@@ -43,7 +43,7 @@ def whiten_index(
     progress: bool = True,
 ) -> tuple[Whitening, Manifest]:
     """Fit whitening on an index's raw corpus vectors and rebuild the index at ``dim`` dimensions."""
-    target = Path(index_dir) if index_dir is not None else default_index_dir()
+    target = resolve_index_dir(index_dir)
     manifest, raw = _index_vectors(target)
     whitening = Whitening(dim, power, eps).fit(
         raw, tune=tune(load_index_encoder(manifest)) if tune else None, source_fingerprint=manifest.model.fingerprint
@@ -77,7 +77,7 @@ def project_index(
     progress: bool = True,
 ) -> tuple[RandomProjection, Manifest]:
     """Project an index's raw vectors to ``dim`` (``"auto"``: 8.33·ln N) and rebuild it."""
-    target = Path(index_dir) if index_dir is not None else default_index_dir()
+    target = resolve_index_dir(index_dir)
     manifest = Manifest.load(target)
     k = projection_dim(dim, manifest.count, manifest.model.dim)
     projection = RandomProjection(k, distribution, seed).fit(
@@ -86,9 +86,7 @@ def project_index(
     return projection, reduce_index(projection, target, factory=factory, progress=progress)
 
 
-def corpus_vectors(
-    model: SentenceTransformer, corpus: str | Path, fields: CorpusFields = CorpusFields()
-) -> Iterator[np.ndarray]:
+def corpus_vectors(model: Encoder, corpus: str | Path, fields: CorpusFields = CorpusFields()) -> Iterator[np.ndarray]:
     """Encode a corpus chunk by chunk, for streaming fits that never hold the whole corpus."""
     for batch in batched_documents(fields.read(Path(corpus))):
         yield encode_texts(model, [d.encoded_text for d in batch])

@@ -21,6 +21,7 @@ import numpy as np
 
 from simtool.errors import SimtoolError
 from simtool.serve.metrics import Metrics
+from simtool.validate import check_positive
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,10 @@ class DynamicBatcher:
         enabled: bool = True,
         metrics: Metrics | None = None,
     ) -> None:
-        if max_batch_tokens <= 0:
-            raise SimtoolError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        check_positive("max_batch_tokens", max_batch_tokens)
         if max_wait_ms < 0:
             raise SimtoolError(f"max_wait_ms must be ≥ 0, got {max_wait_ms}")
-        if max_queue <= 0:
-            raise SimtoolError(f"max_queue must be positive, got {max_queue}")
+        check_positive("max_queue", max_queue)
         self.encode = encode
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simtool.errors import SimtoolError
+from simtool.validate import check_positive
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,7 @@ class ServeConfig:
             "max_k",
             "workers",
         ):
-            if getattr(self, name) <= 0:
-                raise SimtoolError(f"{name} must be positive, got {getattr(self, name)}")
+            check_positive(name, getattr(self, name))
         if self.max_wait_ms < 0:
             raise SimtoolError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
         if not 0 <= self.port <= 65535:

@@ -45,10 +45,11 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformer
 
-from simtool.atomic import atomic_open, atomic_write_json, fsync_dir, fsync_tree, replace_dir, staging_dir_for
+from simtool.atomic import atomic_dir, atomic_open, atomic_write_json, fsync_dir, fsync_tree, replace_dir
 from simtool.errors import SimtoolError
 from simtool.training.data import epoch_batches, scan_training_file
 from simtool.training.recipes import RECIPES, get_recipe
+from simtool.validate import check_pooling, check_positive
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ACCUMULATION = ("exact", "naive")
@@ -128,8 +129,7 @@ class TrainConfig:
         if self.max_steps is not None:
             positive["max_steps"] = self.max_steps
         for name, value in positive.items():
-            if not value > 0:
-                raise SimtoolError(f"{name} must be positive, got {value}")
+            check_positive(name, value)
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise SimtoolError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -156,8 +156,7 @@ class TrainConfig:
             raise SimtoolError(f"margin must be in (-1, 2) (a cosine offset), got {self.margin}")
         if self.distill_weight > 0 and not self.teacher:
             raise SimtoolError("distill_weight needs teacher=MODEL (a model to distil from)")
-        if self.pooling is not None and self.pooling not in ("cls", "mean", "max", "last-avg", "first-last-avg"):
-            raise SimtoolError(f"unknown pooling {self.pooling!r}; choose cls or mean (or max, first-last-avg)")
+        check_pooling(self.pooling)
         if self.accumulation == "naive" and self.mini_batch_size is None:
             raise SimtoolError("accumulation='naive' needs mini_batch_size (the size of each naive chunk)")
 
@@ -300,18 +299,13 @@ def latest_checkpoint(output: Path) -> Path | None:
 
 def _save_model_dir(model: SentenceTransformer, target: Path, extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` (plus ``extra`` files: name -> torch object or JSON) into ``target`` atomically."""
-    staging = staging_dir_for(target)
-    try:
+    with atomic_dir(target) as staging:
         model.save(str(staging), create_model_card=False)
         for name, obj in (extra or {}).items():
             if name.endswith(".json"):
                 (staging / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
             else:
                 torch.save(obj, staging / name)
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _publish_final_model(model_dir: Path, output: Path) -> None:
@@ -320,25 +314,27 @@ def _publish_final_model(model_dir: Path, output: Path) -> None:
     Each file is renamed into place, so a reader sees either the old or the new version of it, and
     ``SentenceTransformer(output)`` works once ``modules.json`` is there.
     """
-    staging = staging_dir_for(output / "final-model")
-    try:
+    with atomic_dir(output / "final-model", publish=_publish_entries) as staging:
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
         for name in (STATE_FILE, "trainer_state.json", "best.json"):
             (staging / name).unlink(missing_ok=True)
-        fsync_tree(staging)
-        entries = sorted(staging.iterdir(), key=lambda p: p.name == "modules.json")
-        for entry in entries:
-            target = output / entry.name
-            if entry.is_dir():
-                if target.exists():
-                    replace_dir(entry, target)
-                else:
-                    os.rename(entry, target)
+
+
+def _publish_entries(staging: Path, target: Path) -> None:
+    """Rename each entry of ``staging`` into ``target.parent`` (``modules.json`` last), not ``staging`` itself."""
+    output = target.parent
+    fsync_tree(staging)
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == "modules.json")
+    for entry in entries:
+        dest = output / entry.name
+        if entry.is_dir():
+            if dest.exists():
+                replace_dir(entry, dest)
             else:
-                os.replace(entry, target)
-        fsync_dir(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                os.rename(entry, dest)
+        else:
+            os.replace(entry, dest)
+    fsync_dir(output)
 
 
 # --------------------------------------------------------------------------- training

@@ -79,14 +79,12 @@ def inputs(model: Any, rows: list[tuple[str, ...]], config: Any, step: int) -> t
 
 
 def export(output: Path) -> None:
-    from simtool.atomic import replace_dir, staging_dir_for
+    from simtool.atomic import atomic_dir
     from simtool.roformer_sim import export_retrieval, load_roformer_sim
 
     model = load_roformer_sim(output, device="cpu")
-    target = output / RETRIEVAL_DIR
-    staging = staging_dir_for(target)
-    export_retrieval(model, staging)
-    replace_dir(staging, target)
+    with atomic_dir(output / RETRIEVAL_DIR) as staging:
+        export_retrieval(model, staging)
 
 
 def probe(model: Any, features: dict[str, Any]) -> Any:
