@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from simtool.backends.export import export_model
     from simtool.evals.metrics import sts_scores
-    from simtool.evals.sts import load_sts
+    from simtool.evals.readers import load_sts
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=500, help="STS-B test pairs (default 500; 1379 = all)")

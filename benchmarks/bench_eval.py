@@ -22,7 +22,8 @@ def main() -> None:
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     from simtool.encoder import load_encoder
-    from simtool.evals.sts import evaluate_sts, load_sts
+    from simtool.evals.readers import load_sts
+    from simtool.evals.sts import evaluate_sts
 
     here = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

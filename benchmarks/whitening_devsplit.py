@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from simtool.devsplit import like_split
-from simtool.encoder import load_encoder
+from simtool.encoder import encode_pairs, load_encoder
 from simtool.evals.metrics import spearman
-from simtool.evals.sts import encode_pairs, load_sts
+from simtool.evals.readers import load_sts
 from simtool.reduce.whitening import POWER_GRID, RANK_RTOL, Whitening
 
 ROOT = Path(__file__).resolve().parents[1]

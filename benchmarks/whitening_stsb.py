@@ -23,8 +23,9 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from simtool.encoder import load_encoder, model_fingerprint
-from simtool.evals.sts import encode_pairs, evaluate_sts_vectors, load_sts
+from simtool.encoder import encode_pairs, load_encoder, model_fingerprint
+from simtool.evals.readers import load_sts
+from simtool.evals.sts import evaluate_sts_vectors
 from simtool.reduce import RandomProjection, Whitening
 
 DIMS = (384, 256, 128, 64)

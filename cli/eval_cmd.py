@@ -54,7 +54,7 @@ def _print_sts(result: Any) -> None:
 def eval_sts(
     path: Annotated[Path, typer.Argument(help="An STS file or directory.")],
     format: Annotated[
-        str, typer.Option("--format", help="auto, stsb, senteval, sick, cn or pairs (see `simtool.evals.sts`).")
+        str, typer.Option("--format", help="auto, stsb, senteval, sick, cn or pairs (see `simtool.evals.readers`).")
     ] = "auto",
     split: Annotated[
         str | None, typer.Option("--split", help="Split to score \\[default: test; SICK: all; from the file name].")
@@ -70,7 +70,8 @@ def eval_sts(
 ) -> None:
     """Score sentence-pair similarity: Spearman and Pearson of cosine (main), Euclidean, Manhattan, dot, x100."""
     from simtool.encoder import load_encoder
-    from simtool.evals.sts import PairColumns, evaluate_sts_data, load_sts
+    from simtool.evals.readers import PairColumns, load_sts
+    from simtool.evals.sts import evaluate_sts_data
 
     if batch_size <= 0:
         raise typer.BadParameter(f"must be positive, got {batch_size}", param_hint="--batch-size")

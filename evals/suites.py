@@ -1,5 +1,9 @@
 """Named evaluation suites over a data root, with markdown/JSON reports and deltas to MTEB references.
 
+A suite is data: :data:`SUITES` maps its name to a table of :class:`TaskSpec` (one task: name, main
+metric, where its data may lie, reader format and split) and :class:`TaskFamily` (every further
+dataset of a kind found under the root); :func:`suite_tasks` resolves a table against a data root.
+
 Suites (datasets are looked up under ``data_root``; absent ones are skipped and listed):
 
 ``en-sts``
@@ -19,7 +23,7 @@ import json
 import platform
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +34,54 @@ from simtool.errors import SimtoolError
 from simtool.protocols import encoder_info
 
 from .result import EvalResult
+from .retrieval import MAIN_METRIC as RETRIEVAL_MAIN_METRIC
+from .retrieval import beir_task_name, evaluate_retrieval
+from .sts import MAIN_METRIC as STS_MAIN_METRIC
+from .sts import evaluate_sts
 
-SUITES = ("en-sts", "en-retrieval", "zh-sts")
 MAX_DEPTH = 4  # how deep below the data root datasets are looked for
-IDENTICAL_ID_TASKS = {"ArguAna", "QuoraRetrieval"}  # MTEB drops hits equal to the query id for these
+IDENTICAL_ID_TASKS = frozenset({"ArguAna", "QuoraRetrieval"})  # MTEB drops hits equal to the query id for these
 _SPLIT_ALIASES = {"dev": ("dev", "validation", "valid"), "validation": ("validation", "dev", "valid")}
 _SPLIT_ALIASES["valid"] = _SPLIT_ALIASES["validation"]
+
+Finder = Callable[[Path], Path | None]
+"""Given one directory, the dataset path in it (a file or the directory itself), or ``None``."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a suite, declared: its name, how it is scored and where its data may lie.
+
+    ``name`` is what the report shows and the key of its reference score (``name/split``: MTEB's task
+    names). The dataset is the first hit of ``find`` on the ``candidates`` (directories relative to the
+    data root, in order), else on every directory under the root, breadth first. ``format`` and
+    ``split`` go to the reader; ``main_metric`` is the score reported as ``main_score``.
+    """
+
+    name: str
+    kind: str  # "sts" or "retrieval"
+    main_metric: str
+    find: Finder
+    candidates: tuple[str, ...] = ()
+    format: str = "auto"
+    split: str = "test"
+    ignore_identical_ids: bool = False
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """Every further dataset under the data root that ``find`` accepts, each a task named by ``name_of``.
+
+    Directories an earlier task of the suite already took are not counted again.
+    ``ignore_identical_ids`` names the tasks scored without hits equal to the query id.
+    """
+
+    kind: str
+    main_metric: str
+    find: Finder
+    name_of: Callable[[Path], str]
+    split: str = "test"
+    ignore_identical_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -48,6 +94,7 @@ class SuiteTask:
     format: str = "auto"
     split: str = "test"
     ignore_identical_ids: bool = False
+    main_metric: str = field(kw_only=True)
 
 
 @dataclass
@@ -146,7 +193,7 @@ def _walk_dirs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
         level = nxt
 
 
-def _first(root: Path, candidates: list[str], finder: Callable[[Path], Path | None]) -> Path | None:
+def _first(root: Path, candidates: Sequence[str], finder: Finder) -> Path | None:
     for rel in candidates:
         found = finder(root / rel) if (root / rel).is_dir() else None
         if found is not None:
@@ -164,7 +211,7 @@ def _stsb_finder(d: Path) -> Path | None:
     return find_data_file(d, "sts-test.csv") or find_data_file(d, "stsbenchmark.tsv")
 
 
-def _senteval_finder(year: int) -> Callable[[Path], Path | None]:
+def _senteval_finder(year: int) -> Finder:
     pattern = re.compile(rf"^STS{year}(\b|[-_]|$)", re.IGNORECASE)
 
     def find(d: Path) -> Path | None:
@@ -180,16 +227,47 @@ def _sick_finder(d: Path) -> Path | None:
     return d if find_data_file(d, "SICK.txt") or find_data_file(d, "SICK_test_annotated.txt") else None
 
 
-def _cn_finder(task: str) -> Callable[[Path], Path | None]:
+def _cn_finder(task: str) -> Finder:
     return lambda d: find_data_file(d, f"{task}.test.data")
 
 
 def _is_beir(d: Path) -> bool:
-    return bool(
-        find_data_file(d, "corpus.jsonl")
-        and find_data_file(d, "queries.jsonl")
-        and find_data_file(d / "qrels", "test.tsv")
-    )
+    files = (d / "corpus.jsonl", d / "queries.jsonl", d / "qrels" / "test.tsv")
+    return all(find_data_file(f.parent, f.name) for f in files)
+
+
+def _scifact_finder(d: Path) -> Path | None:
+    return d if d.name.lower() == "scifact" and _is_beir(d) else None
+
+
+def _beir_finder(d: Path) -> Path | None:
+    return d if _is_beir(d) else None
+
+
+SUITES: dict[str, tuple[TaskSpec | TaskFamily, ...]] = {
+    "en-sts": (
+        TaskSpec("STSBenchmark", "sts", STS_MAIN_METRIC, _stsb_finder, ("stsb/original", "stsb", "STSBenchmark")),
+        *(
+            TaskSpec(
+                f"STS{year}", "sts", STS_MAIN_METRIC, _senteval_finder(year), (f"STS/STS{year}-en-test",), "senteval"
+            )
+            for year in range(12, 17)
+        ),
+        TaskSpec("SICK-R", "sts", STS_MAIN_METRIC, _sick_finder, ("SICK", "sick"), "sick", "all"),
+    ),
+    "en-retrieval": (
+        TaskSpec("SciFact", "retrieval", RETRIEVAL_MAIN_METRIC, _scifact_finder, ("beir/scifact", "scifact")),
+        TaskFamily(
+            "retrieval", RETRIEVAL_MAIN_METRIC, _beir_finder, beir_task_name, ignore_identical_ids=IDENTICAL_ID_TASKS
+        ),
+    ),
+    # the data's name (STS-B) differs from C-MTEB's task name (STSB) for one task
+    "zh-sts": tuple(
+        TaskSpec(name, "sts", STS_MAIN_METRIC, _cn_finder(data), (f"chinese_sts/{data}", data), "cn")
+        for data, name in (("ATEC", "ATEC"), ("BQ", "BQ"), ("LCQMC", "LCQMC"), ("PAWSX", "PAWSX"), ("STS-B", "STSB"))
+    ),
+}
+"""Each suite's tasks, in report order."""
 
 
 def suite_tasks(name: str, data_root: str | Path) -> list[SuiteTask]:
@@ -199,40 +277,37 @@ def suite_tasks(name: str, data_root: str | Path) -> list[SuiteTask]:
         raise SimtoolError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     if not root.is_dir():
         raise SimtoolError(f"data_root={str(root)!r}: no such directory")
-    if name == "en-sts":
-        tasks = [
-            SuiteTask("STSBenchmark", "sts", _first(root, ["stsb/original", "stsb", "STSBenchmark"], _stsb_finder))
-        ]
-        for year in range(12, 17):
+    tasks: list[SuiteTask] = []
+    for spec in SUITES[name]:
+        if isinstance(spec, TaskSpec):
+            path = _first(root, spec.candidates, spec.find)
             tasks.append(
                 SuiteTask(
-                    f"STS{year}", "sts", _first(root, [f"STS/STS{year}-en-test"], _senteval_finder(year)), "senteval"
+                    spec.name,
+                    spec.kind,
+                    path,
+                    spec.format,
+                    spec.split,
+                    spec.ignore_identical_ids,
+                    main_metric=spec.main_metric,
                 )
             )
-        tasks.append(SuiteTask("SICK-R", "sts", _first(root, ["SICK", "sick"], _sick_finder), "sick", "all"))
-        return tasks
-    if name == "zh-sts":
-        out = []
-        for task, reported in (
-            ("ATEC", "ATEC"),
-            ("BQ", "BQ"),
-            ("LCQMC", "LCQMC"),
-            ("PAWSX", "PAWSX"),
-            ("STS-B", "STSB"),
-        ):
-            path = _first(root, [f"chinese_sts/{task}", task], _cn_finder(task))
-            out.append(SuiteTask(reported, "sts", path, "cn"))
-        return out
-    from .retrieval import beir_task_name
-
-    scifact = _first(
-        root, ["beir/scifact", "scifact"], lambda d: d if d.name.lower() == "scifact" and _is_beir(d) else None
-    )
-    tasks = [SuiteTask("SciFact", "retrieval", scifact)]
-    for d in _walk_dirs(root):
-        if _is_beir(d) and d != scifact:
-            task = beir_task_name(d)
-            tasks.append(SuiteTask(task, "retrieval", d, ignore_identical_ids=task in IDENTICAL_ID_TASKS))
+            continue
+        taken = {t.path for t in tasks}
+        for d in _walk_dirs(root):
+            found = spec.find(d)
+            if found is not None and found not in taken:
+                task = spec.name_of(found)
+                tasks.append(
+                    SuiteTask(
+                        task,
+                        spec.kind,
+                        found,
+                        split=spec.split,
+                        ignore_identical_ids=task in spec.ignore_identical_ids,
+                        main_metric=spec.main_metric,
+                    )
+                )
     return tasks
 
 
@@ -357,9 +432,6 @@ def run_suite(
     """
     from simtool.encoder import describe_pooling, load_encoder, model_fingerprint
 
-    from .retrieval import evaluate_retrieval
-    from .sts import evaluate_sts
-
     started = time.perf_counter()
     tasks = suite_tasks(name, data_root)
     references = load_reference(reference) if reference is not None else {}
@@ -399,6 +471,7 @@ def run_suite(
                 progress=progress,
             )
         result.task = task.name
+        result.main_metric, result.main_score = task.main_metric, result.scores[task.main_metric]
         result.info["seconds"] = round(time.perf_counter() - t0, 3)
         result.info["path"] = str(task.path)
         report.results.append(result)
@@ -420,6 +493,8 @@ __all__ = [
     "SUITES",
     "SuiteReport",
     "SuiteTask",
+    "TaskFamily",
+    "TaskSpec",
     "default_output_dir",
     "load_reference",
     "reference_score",

@@ -14,7 +14,7 @@ from simtool.errors import SimtoolError
 from simtool.protocols import Encoder
 from simtool.reduce.workflows import TuneSet, Tuning
 
-from .sts import encode_pairs, load_sts
+from .readers import load_sts
 
 
 def sts_tuning(path: str | Path, split: str = "dev") -> Tuning:
@@ -27,6 +27,8 @@ def sts_tuning(path: str | Path, split: str = "dev") -> Tuning:
         raise SimtoolError("tuning on the test split would leak it into the reported score; use tune_split='dev'")
 
     def make(model: Encoder) -> TuneSet:
+        from simtool.encoder import encode_pairs
+
         data = load_sts(path, "auto", split)
         emb1, emb2 = encode_pairs(model, data.sentences1, data.sentences2)
         return emb1, emb2, np.asarray(data.scores, dtype=np.float64)

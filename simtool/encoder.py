@@ -28,7 +28,7 @@ from simtool.corpus import Document
 from simtool.errors import ModelNotFoundError, SimtoolError
 from simtool.pooling import LayerPooling
 from simtool.positions import check_max_seq_length
-from simtool.protocols import Encoder, record_encoder_info
+from simtool.protocols import Encoder, TextEncoder, record_encoder_info
 from simtool.validate import POOLINGS as POOLINGS  # re-exported: the poolings load_encoder takes
 from simtool.validate import check_batch_size, check_pooling, check_positive
 
@@ -315,3 +315,52 @@ def encode_file(
     with atomic_open(ids_path, "w") as f:
         json.dump(ids, f, ensure_ascii=False)
     return ids_path
+
+
+# --------------------------------------------------------------------------- encoder adaptation (for the evals)
+
+
+AnyEncoder = TextEncoder | Callable[[list[str]], Any] | str | Path | None
+"""What the scorers accept as a model (see :func:`encode_sentences`)."""
+
+
+def resolve_model(model: AnyEncoder) -> Any:
+    """``None``, a model name or a path load the encoder offline; anything else is returned as is."""
+    if model is None or isinstance(model, (str, Path)):
+        return load_encoder(model)
+    return model
+
+
+def encode_sentences(
+    model: AnyEncoder, texts: list[str], *, batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
+    """Encode ``texts`` with ``model``; returns ``(len(texts), d)`` float32.
+
+    ``model`` is a ``SentenceTransformer`` (encoded with ``batch_size``), an object with
+    ``encode(list[str]) -> (n, d)`` array-like (numpy or torch), or a callable with the same
+    signature.
+    """
+    if isinstance(model, SentenceTransformer):
+        return encode_texts(model, texts, batch_size=batch_size, progress=progress)
+    if isinstance(model, TextEncoder):
+        out = model.encode(texts)
+    elif callable(model):
+        out = model(texts)
+    else:
+        raise TypeError(f"cannot encode with a {type(model).__name__}: need .encode(texts) or a callable")
+    if hasattr(out, "detach"):  # a torch tensor, possibly on a GPU
+        out = out.detach().float().cpu().numpy()
+    arr = np.asarray(out, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != len(texts):
+        raise ValueError(f"the encoder returned shape {arr.shape} for {len(texts)} texts, expected (n, d)")
+    return arr
+
+
+def encode_pairs(
+    model: AnyEncoder, sentences1: list[str], sentences2: list[str], *, batch_size: int = 64, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings ``(n, d)`` of both sides, encoding each distinct sentence once."""
+    unique = list(dict.fromkeys([*sentences1, *sentences2]))
+    position = {s: i for i, s in enumerate(unique)}
+    vectors = encode_sentences(model, unique, batch_size=batch_size, progress=progress)
+    return vectors[[position[s] for s in sentences1]], vectors[[position[s] for s in sentences2]]

@@ -27,6 +27,11 @@ def test_importing_the_cli_pulls_in_no_torch() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_the_evals_import_the_encoder_only_to_encode() -> None:
+    assert _loaded_after("import simtool.evals, simtool.evals.readers, simtool.evals.suites") == []
+
+
+@pytest.mark.timeout(120)
 def test_import_simtool_is_lazy_but_exports_resolve() -> None:
     assert _loaded_after("import simtool; simtool.SimtoolError; simtool.__version__") == []
     import simtool

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simtool.corpus import iter_lines
 from simtool.errors import SimtoolError
+from simtool.evals.readers import READERS, STS_FORMATS, PairColumns, StsData, StsReader, detect_sts_format, load_sts
+from simtool.evals.readers.base import make_data
 from simtool.evals.retrieval import load_beir, read_qrels
-from simtool.evals.sts import PairColumns, detect_sts_format, load_sts
 
 
 def write(path: Path, text: str, *, bom: bool = False, gz: bool = False) -> Path:
@@ -248,6 +250,20 @@ def test_unknown_format_and_undetectable_paths(tmp_path: Path) -> None:
         load_sts(write(tmp_path / "data.bin", "x"))
     with pytest.raises(SimtoolError, match=r"nothing-here: no such file or directory"):
         load_sts(tmp_path / "nothing-here")
+
+
+def test_a_format_is_one_registered_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert STS_FORMATS == ("stsb", "senteval", "sick", "cn", "pairs")  # also auto-detection's order
+
+    def read(path: Path, split: str | None, columns: PairColumns) -> StsData:
+        rows = [tuple(line.split("|")) for _, line in iter_lines(path)]
+        return make_data(path, "bar", "Bar", split or "test", [(a, b, float(s)) for a, b, s in rows], None)
+
+    monkeypatch.setitem(READERS, "bar", StsReader("bar", lambda name, in_dir: name.endswith(".bar"), read))
+    path = write(tmp_path / "x.bar", "a|b|1.5\nc|d|2\n")
+    assert detect_sts_format(path) == "bar" and detect_sts_format(tmp_path) == "bar"
+    data = load_sts(path)
+    assert (data.format, data.task, len(data), data.scores.tolist()) == ("bar", "Bar", 2, [1.5, 2.0])
 
 
 def test_wrong_explicit_format_is_a_one_line_error(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from simtool.encoder import load_encoder
+from simtool.evals.result import EvalResult
 from simtool.evals.retrieval import evaluate_retrieval
-from simtool.evals.sts import EvalResult, evaluate_sts
+from simtool.evals.sts import evaluate_sts
 from tests.conftest import run_cli as run
 
 pytestmark = [pytest.mark.reference, pytest.mark.shared_data]

@@ -12,8 +12,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sklearn.metrics.pairwise import paired_cosine_distances
 
-from simtool.encoder import load_encoder
-from simtool.evals.sts import EvalResult, encode_pairs, evaluate_sts, load_sts
+from simtool.encoder import encode_pairs, load_encoder
+from simtool.evals.readers import load_sts
+from simtool.evals.result import EvalResult
+from simtool.evals.sts import evaluate_sts
 from tests.conftest import WORDS
 from tests.conftest import run_cli as run
 

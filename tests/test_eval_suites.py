@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from simtool.errors import SimtoolError
-from simtool.evals.suites import load_reference, reference_score, run_suite, suite_tasks
+from simtool.evals.suites import SUITES, TaskSpec, load_reference, reference_score, run_suite, suite_tasks
 from tests.conftest import WORDS, shared_data_dir, write_jsonl
 from tests.conftest import run_cli as run
 
@@ -62,6 +63,18 @@ def test_discovery_and_skips(data_root: Path) -> None:
         suite_tasks("fr-sts", data_root)
     with pytest.raises(SimtoolError, match="no such directory"):
         suite_tasks("en-sts", data_root / "nope")
+
+
+def test_a_suite_is_its_declared_table(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert list(SUITES) == ["en-sts", "en-retrieval", "zh-sts"]
+    sts12 = next(s for s in SUITES["en-sts"] if isinstance(s, TaskSpec) and s.name == "STS12")
+    atec = next(s for s in SUITES["zh-sts"] if isinstance(s, TaskSpec) and s.name == "ATEC")
+    monkeypatch.setitem(SUITES, "mixed", (atec, replace(sts12, name="STS12-again")))
+    got = [(t.name, t.format, t.split, t.main_metric, t.path) for t in suite_tasks("mixed", data_root)]
+    assert got == [
+        ("ATEC", "cn", "test", "cosine_spearman", data_root / "chinese_sts" / "ATEC" / "ATEC.test.data"),
+        ("STS12-again", "senteval", "test", "cosine_spearman", data_root / "SentEval" / "STS" / "STS12-en-test"),
+    ]
 
 
 def test_run_suite_reports_scores_skips_and_deltas(data_root: Path, tiny_st: Path, tmp_path: Path) -> None:
