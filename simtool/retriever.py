@@ -83,13 +83,24 @@ def _faiss_has_gpu() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
-def choose_backend(manifest: Manifest, backend: Backend, device: str | None) -> tuple[str, str]:
-    """``(backend, torch_device)``: faiss when it can serve; torch exact search on CUDA when faiss has no GPU."""
+def _default_torch_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``. Without a CUDA driver library there can be no GPU, and that is
+    known without importing torch (~1 s), which a search with ``load_model=False`` never needs otherwise."""
+    import ctypes.util
+    import sys
+
+    if "torch" not in sys.modules and ctypes.util.find_library("cuda") is None:
+        return "cpu"
     import torch
 
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_backend(manifest: Manifest, backend: Backend, device: str | None) -> tuple[str, str]:
+    """``(backend, torch_device)``: faiss when it can serve; torch exact search on CUDA when faiss has no GPU."""
     if backend not in ("auto", "faiss", "torch"):
         raise SimtoolError(f"backend must be auto, faiss or torch, got {backend!r}")
-    torch_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_device = device or _default_torch_device()
     if manifest.long_text.get("mode") == "chunk-max":
         # MaxP maps chunk hits to documents in each segment's FAISS search (SegmentReader.search)
         if backend == "torch":

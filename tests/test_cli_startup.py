@@ -85,3 +85,21 @@ def test_no_help_text_hides_a_default_as_rich_markup() -> None:
             if re.search(r"(?<!\\)\[default", text):
                 hidden.append(f"{' '.join(path)} {param.name}")
     assert hidden == []
+
+
+@pytest.mark.timeout(180)
+def test_searching_an_index_by_vector_loads_no_torch(tiny_st: Any, small_corpus: Any, tmp_path: Any) -> None:
+    import ctypes.util
+
+    from simtool.index import build_index
+
+    if ctypes.util.find_library("cuda") is not None:
+        pytest.skip("a CUDA driver is installed: choosing the search device rightly asks torch")
+    index = tmp_path / "idx"
+    build_index(small_corpus, index, model=str(tiny_st), factory="Flat", gpu=False, progress=False)
+    code = (
+        "import numpy as np; from simtool.retriever import Retriever\n"
+        f"r = Retriever.load({str(index)!r}, load_model=False)\n"
+        "assert len(r.hits_for(*r.search_vectors(np.ones((1, r.manifest.dim), np.float32), 3))[0]) == 3"
+    )
+    assert _loaded_after(code) == ["faiss"]  # the ~1 s torch import was most of a 1M-row open (issue 10)
