@@ -120,17 +120,22 @@ def read_export_record(model_dir: Path) -> dict[str, Any] | None:
     return record
 
 
+def resolve_name(name: str, device: str, model_dir: Path | None) -> str:
+    """``name``, or for ``auto`` what the rule picks for ``device`` and the model at ``model_dir``."""
+    if name != "auto":
+        return name
+    chosen = choose_backend(detect_capabilities(device, model_dir))
+    log.info("backend auto -> %s", chosen)
+    return chosen
+
+
 def attach_backend(model: SentenceTransformer, name: str, model_dir: Path) -> SentenceTransformer:
     """Make ``model.encode`` run through backend ``name`` (``auto`` resolved here), token-length batched.
 
     The torch module stack stays in place: it holds the tokenizer, the weights the fingerprint is
     computed from, and the post-pooling layers the fast path reuses.
     """
-    device = str(model.device)
-    if name == "auto":
-        name = choose_backend(detect_capabilities(device, model_dir))
-        log.info("backend auto -> %s", name)
-    spec = get_backend(name)
+    spec = get_backend(resolve_name(name, str(model.device), model_dir))
     built = spec.build(model, model_dir)
     record_encoder_info(
         model, backend=spec.name, precision=built.precision, artifact=built.artifact, exported=built.exported

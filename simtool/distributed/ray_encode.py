@@ -306,11 +306,10 @@ def resolve_backend(model: str | os.PathLike[str] | None, backend: str, options:
     device (CUDA when they get GPUs) on this driver's CPU flags and ``model``'s directory."""
     if backend != "auto":
         return backend
-    from simtool.backends.registry import choose_backend, detect_capabilities
+    from simtool.backends.registry import resolve_name
     from simtool.encoder import resolve_model_path
 
-    device = "cuda" if options.gpus_per_worker else "cpu"
-    return choose_backend(detect_capabilities(device, resolve_model_path(model)))
+    return resolve_name(backend, "cuda" if options.gpus_per_worker else "cpu", resolve_model_path(model))
 
 
 def actor_plan(options: RayOptions) -> tuple[int, float]:
