@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from simtool.errors import ParameterError
 from simtool.stats import pearson, spearman
 from simtool.stats import rankdata as rankdata  # re-exported: its home is simtool.stats
 
@@ -46,7 +47,7 @@ def pair_similarities(emb1: np.ndarray, emb2: np.ndarray) -> dict[str, np.ndarra
     a = np.asarray(emb1)
     b = np.asarray(emb2)
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"expected two (n, d) arrays of the same shape, got {a.shape} and {b.shape}")
+        raise ParameterError(f"emb1 and emb2 must be (n, d) arrays of one shape, got {a.shape} and {b.shape}")
     return {
         "cosine": 1 - paired_cosine_distances(a, b),
         "euclidean": -paired_euclidean_distances(a, b),
@@ -62,7 +63,7 @@ def sts_scores(emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float] | np.nd
     """
     gold_arr = np.asarray(gold, dtype=np.float64)
     if gold_arr.shape != (len(emb1),):
-        raise ValueError(f"gold has shape {gold_arr.shape}, expected ({len(emb1)},)")
+        raise ParameterError(f"gold has shape {gold_arr.shape}, expected ({len(emb1)},)")
     out: dict[str, float] = {}
     for name, sims in pair_similarities(emb1, emb2).items():
         out[f"{name}_spearman"] = 100.0 * spearman(gold_arr, sims)
@@ -119,8 +120,9 @@ def evaluate_run(
     semantics); a judged query with an empty run scores 0. Documents retrieved but not judged
     are non-relevant.
     """
-    if any(k <= 0 for k in (*k_values, *mrr_k_values)):
-        raise ValueError("cutoffs must be positive")
+    for name, ks in (("k_values", k_values), ("mrr_k_values", mrr_k_values)):
+        if any(k <= 0 for k in ks):
+            raise ParameterError(f"{name} must be positive cutoffs, got {tuple(ks)}")
     per_query = {
         qid: _query_metrics(qrels[qid], trec_order(run[qid]), k_values, mrr_k_values) for qid in qrels if qid in run
     }

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from simtool.atomic import atomic_open, atomic_path
 from simtool.config import DEFAULT_MODEL
 from simtool.corpus import Document
-from simtool.errors import ModelNotFoundError, SimtoolError
+from simtool.errors import ModelNotFoundError, ParameterError, SimtoolError
 from simtool.pooling import LayerPooling
 from simtool.positions import check_max_seq_length
 from simtool.protocols import Encoder, TextEncoder, record_encoder_info
@@ -347,12 +347,12 @@ def encode_sentences(
     elif callable(model):
         out = model(texts)
     else:
-        raise TypeError(f"cannot encode with a {type(model).__name__}: need .encode(texts) or a callable")
+        raise ParameterError(f"model: cannot encode with a {type(model).__name__}; need .encode(texts) or a callable")
     if hasattr(out, "detach"):  # a torch tensor, possibly on a GPU
         out = out.detach().float().cpu().numpy()
     arr = np.asarray(out, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] != len(texts):
-        raise ValueError(f"the encoder returned shape {arr.shape} for {len(texts)} texts, expected (n, d)")
+        raise ParameterError(f"the encoder returned shape {arr.shape} for {len(texts)} texts, expected (n, d)")
     return arr
 
 

@@ -17,3 +17,10 @@ class ModelNotFoundError(SimtoolError):
 
 class IndexDirError(SimtoolError):
     """An index directory is missing, corrupt or inconsistent with the request."""
+
+
+class ParameterError(SimtoolError, ValueError):
+    """An argument out of range or of the wrong form; the message names the parameter and the value given.
+
+    Also a ``ValueError``, so Python callers that catch the built-in for bad arguments keep working.
+    """

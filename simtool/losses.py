@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
+from simtool.errors import ParameterError
 from simtool.grad_cache import ExactCachedLossMixin, all_gather_with_grad, rank_and_world
+from simtool.validate import check_non_negative, check_positive
 
 
 def _positive_mask(rows: int, columns: int, offset: int, device: torch.device) -> Tensor:
@@ -138,8 +140,7 @@ class CosineMatrixDistillationLoss(nn.Module):
 
     def __init__(self, weight: float = 100.0) -> None:
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"distill_weight must be >= 0, got {weight}")
+        check_non_negative("distill_weight", weight)
         self.weight = float(weight)
 
     def forward(
@@ -194,12 +195,19 @@ def in_batch_contrastive_loss(
     )
     if distill_weight > 0.0:
         if teacher is None:
-            raise ValueError("distillation needs teacher embeddings of the anchors (pass them as labels)")
+            raise ParameterError("distillation needs teacher embeddings of the anchors (pass them as labels)")
         all_teacher = all_gather_no_grad(teacher) if gather else teacher
         loss = loss + distill_weight * cosine_matrix_distillation_rows(
             every[0], all_teacher, offset=rank * n, begin=0, end=n, n=n
         )
     return loss
+
+
+def _check_loss_settings(scale: float, distill_weight: float, mini_batch_size: int | None) -> None:
+    check_positive("scale", scale)
+    check_non_negative("distill_weight", distill_weight)
+    if mini_batch_size is not None:
+        check_positive("mini_batch_size", mini_batch_size)
 
 
 class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
@@ -229,14 +237,8 @@ class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
         duplicate_single_column: bool = False,
     ) -> None:
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        if hard_negative_weight < 0:
-            raise ValueError(f"hard_negative_weight must be >= 0, got {hard_negative_weight}")
-        if distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
-        if mini_batch_size is not None and mini_batch_size <= 0:
-            raise ValueError(f"mini_batch_size must be positive, got {mini_batch_size}")
+        _check_loss_settings(scale, distill_weight, mini_batch_size)
+        check_non_negative("hard_negative_weight", hard_negative_weight)
         self.model = model
         self.scale = float(scale)
         self.margin = float(margin)
@@ -261,7 +263,7 @@ class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
     ) -> dict[str, Tensor]:
         """Named parts ``{"contrastive"[, "distill"]}`` of local query rows ``begin:end`` (global columns)."""
         if len(columns) not in (2, 3):
-            raise ValueError(f"{type(self).__name__} expects 2 or 3 input columns, got {len(columns)}")
+            raise ParameterError(f"{type(self).__name__} expects 2 or 3 input columns, got {len(columns)}")
         normed = [F.normalize(c.float(), dim=-1) for c in columns]
         parts = {
             "contrastive": contrastive_rows_loss(
@@ -281,7 +283,7 @@ class InBatchContrastiveLoss(ExactCachedLossMixin, nn.Module):
         }
         if self.distill is not None:
             if labels is None:
-                raise ValueError("distillation needs teacher embeddings of the anchors (pass them as labels)")
+                raise ParameterError("distillation needs teacher embeddings of the anchors (pass them as labels)")
             parts.update(self.distill(normed[0], labels, offset=offset, rows=(begin, end), n=n))
         return parts
 
@@ -383,12 +385,7 @@ class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
         **_: Any,
     ) -> None:
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        if distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
-        if mini_batch_size is not None and mini_batch_size <= 0:
-            raise ValueError(f"mini_batch_size must be positive, got {mini_batch_size}")
+        _check_loss_settings(scale, distill_weight, mini_batch_size)
         self.model = model
         self.scale, self.margin = float(scale), float(margin)
         self.distill_weight = float(distill_weight)
@@ -427,7 +424,7 @@ class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
     ) -> dict[str, Tensor]:
         """Named parts ``{"contrastive"[, "distill"]}`` of local query rows ``begin:end`` (global column)."""
         if len(columns) != 1:
-            raise ValueError(f"{type(self).__name__} expects 1 input column of UniLM rows, got {len(columns)}")
+            raise ParameterError(f"{type(self).__name__} expects 1 input column of UniLM rows, got {len(columns)}")
         normed = F.normalize(columns[0].float(), dim=-1)
         parts = {
             "contrastive": partner_contrastive_rows_loss(
@@ -436,14 +433,14 @@ class RoFormerSimLoss(ExactCachedLossMixin, nn.Module):
         }
         if self.distill is not None:
             if labels is None:
-                raise ValueError("distillation needs teacher embeddings of the sources (pass them as labels)")
+                raise ParameterError("distillation needs teacher embeddings of the sources (pass them as labels)")
             parts.update(self.distill(normed, labels, offset=offset, rows=(begin, end), n=n))
         return parts
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features = list(sentence_features)
         if len(features) != 1:
-            raise ValueError(f"{type(self).__name__} expects 1 input column of UniLM rows, got {len(features)}")
+            raise ParameterError(f"{type(self).__name__} expects 1 input column of UniLM rows, got {len(features)}")
         if self.mini_batch_size is not None:
             return self._forward_cached(features[0], labels)
         vectors = self.embed(features[0])

@@ -16,6 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from simtool.errors import ParameterError
+
 MASK_RATE = 0.12
 KEEP_RATE = 0.015
 RANDOM_RATE = 0.015
@@ -36,7 +38,7 @@ def whole_word_noise(
 ) -> list[int]:
     """``ids`` with whole words masked / randomised; ``starts[i]`` is True where a word begins at token i."""
     if len(starts) != len(ids):
-        raise ValueError(f"starts has {len(starts)} entries for {len(ids)} token ids")
+        raise ParameterError(f"starts has {len(starts)} entries for {len(ids)} token ids")
     out = list(ids)
     action = "keep"
     for i, token in enumerate(ids):

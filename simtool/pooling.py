@@ -36,7 +36,7 @@ class LayerPooling(Module):
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         hidden = features.get("all_layer_embeddings")
         if hidden is None:
-            raise RuntimeError("LayerPooling needs hidden states: set output_hidden_states=True on the transformer")
+            raise SimtoolError("LayerPooling needs hidden states: set output_hidden_states=True on the transformer")
         tokens = torch.stack([hidden[i] for i in self.layers]).mean(dim=0)
         mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
         summed = (tokens * mask).sum(dim=1)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from simtool.errors import ParameterError
+
 
 def rankdata(x: np.ndarray) -> np.ndarray:
     """1-based ranks of ``x`` ``(n,)`` in float64, ties getting their average rank (scipy's ``method="average"``)."""
@@ -27,7 +29,7 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"pearson needs two 1-d arrays of equal length, got {a.shape} and {b.shape}")
+        raise ParameterError(f"pearson needs two 1-d arrays of equal length, got {a.shape} and {b.shape}")
     if len(a) < 2:
         return math.nan
     a = a - a.mean()

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics.pairwise import paired_cosine_distances, paired_euclidean_distances
 
+from simtool.errors import ParameterError
 from simtool.evals.metrics import evaluate_run, pearson, rankdata, spearman, sts_scores, trec_order
 from simtool.evals.sts import evaluate_sts_vectors
 
@@ -168,5 +169,5 @@ def test_mrr_at_10_is_recip_rank_of_the_run_cut_at_10() -> None:
 
 
 def test_cutoffs_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ParameterError, match=r"k_values must be positive cutoffs, got \(0,\)"):
         evaluate_run({"q": {"d": 1}}, {"q": {"d": 1.0}}, k_values=(0,))

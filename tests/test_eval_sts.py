@@ -13,6 +13,7 @@ from sentence_transformers import SentenceTransformer
 from sklearn.metrics.pairwise import paired_cosine_distances
 
 from simtool.encoder import encode_pairs, load_encoder
+from simtool.errors import ParameterError
 from simtool.evals.readers import load_sts
 from simtool.evals.result import EvalResult
 from simtool.evals.sts import evaluate_sts
@@ -77,7 +78,7 @@ def test_encoders_with_encode_method_or_torch_output_are_accepted(tiny_model, st
 
     reference = evaluate_sts(tiny_model, stsb_file).main_score
     assert evaluate_sts(TorchEncoder(), stsb_file).main_score == pytest.approx(reference, abs=1e-3)
-    with pytest.raises(ValueError, match="expected \\(n, d\\)"):
+    with pytest.raises(ParameterError, match="expected \\(n, d\\)"):
         evaluate_sts(lambda texts: np.zeros(len(texts)), stsb_file)
 
 

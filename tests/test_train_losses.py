@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from simtool.errors import ParameterError
 from simtool.losses import InBatchContrastiveLoss, SupSimCSELoss, UnsupSimCSELoss, in_batch_contrastive_loss
 
 
@@ -147,7 +148,7 @@ def test_loss_modules_follow_the_sentence_transformers_loss_interface(tiny_bert)
     cached = sup([features, features, model.preprocess(["no", "yes", "sun", "moon"])], None)
     cached.backward()  # gradient caching runs its replays inside this backward
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    with pytest.raises(ValueError, match="2 or 3 input columns"):
+    with pytest.raises(ParameterError, match="2 or 3 input columns"):
         InBatchContrastiveLoss(model)([features], None)
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ParameterError, match="scale must be positive, got 0"):
         InBatchContrastiveLoss(model, scale=0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from simtool.errors import ParameterError
+
 ENTROPY_COEFFICIENT = 8.33  # 2 / 0.2406..., from the minimum-entropy argument
 
 
@@ -23,10 +25,10 @@ def jl_dim(n_vectors: int, eps: float = 0.1) -> int:
     """ceil(24·ln N / ε²): the article's Johnson-Lindenstrauss bound for pairwise distances."""
     _check(n_vectors)
     if not 0 < eps < 1:
-        raise ValueError(f"eps must be in (0, 1), got {eps}")
+        raise ParameterError(f"eps must be in (0, 1), got {eps}")
     return math.ceil(24 * math.log(n_vectors) / eps**2)
 
 
 def _check(n_vectors: int) -> None:
     if n_vectors < 2:
-        raise ValueError(f"the number of vectors must be at least 2, got {n_vectors}")
+        raise ParameterError(f"n_vectors must be at least 2, got {n_vectors}")
