@@ -12,7 +12,7 @@ import sys
 import typer
 
 from simtool.cli import data_cmd, export_cmd, long_cmd
-from simtool.cli.common import flag_text, show_library_logs
+from simtool.cli.common import flag_text, release_stdout, report_stream, show_library_logs
 from simtool.cli.demo_cmd import demo
 from simtool.cli.encode_cmd import encode
 from simtool.cli.eval_cmd import eval_app
@@ -76,5 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"simtool: error: {e.format_message()}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # `simtool search ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), report_stream().fileno())  # `simtool search ... | head`
         sys.exit(0)
+    finally:
+        release_stdout()

@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -57,9 +57,35 @@ IdColumn = Annotated[str | None, typer.Option("--id-column", help="Field holding
 TitleColumn = Annotated[str | None, typer.Option("--title-column", help="Field holding the title \\[default: title].")]
 
 
+_reserved: TextIO | None = None
+
+
+def reserve_stdout() -> None:
+    """Keep stdout for this command's report: anything else printed to ``sys.stdout`` goes to stderr.
+
+    For Ray: its driver prints raylet notices (such as an earlier job's worker having died) to whatever
+    ``sys.stdout`` is when they arrive, from a thread, for as long as the process is connected; on stdout
+    they would break ``--json``'s one-line report. :func:`simtool.cli.main` releases it when the command ends.
+    """
+    global _reserved
+    if _reserved is None:
+        _reserved, sys.stdout = sys.stdout, sys.stderr
+
+
+def release_stdout() -> None:
+    global _reserved
+    if _reserved is not None:
+        sys.stdout, _reserved = _reserved, None
+
+
+def report_stream() -> TextIO:
+    """Where the command's own output goes: stdout, also while :func:`reserve_stdout` holds it."""
+    return _reserved or sys.stdout
+
+
 def emit(obj: Any) -> None:
     """One JSON object on one line of stdout."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    report_stream().write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def corpus_fields(text: str | None, id_: str | None, title: str | None) -> Any:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from simtool.cli.common import emit
+from simtool.cli.common import emit, report_stream, reserve_stdout
 
 RayAddress = Annotated[
     str | None,
@@ -36,6 +36,7 @@ def check_ray_flags(address: str | None, workers: int | None, gpus_per_worker: f
 def ray_options(address: str, workers: int | None, gpus_per_worker: float) -> Any:
     from simtool.distributed import RayOptions
 
+    reserve_stdout()  # before Ray starts: its driver prints notices to stdout
     return RayOptions(address=None if address == "local" else address, workers=workers, gpus_per_worker=gpus_per_worker)
 
 
@@ -90,5 +91,6 @@ def encode_on_ray(
         typer.echo(
             f"wrote {done['n']} x {done['dim']} float32 to {output} (ids: {done['ids']}) on Ray "
             f"({done['workers']} workers, {done['backend']} backend) in {seconds:.1f}s, "
-            f"{result['texts_per_second']:.0f} texts/s"
+            f"{result['texts_per_second']:.0f} texts/s",
+            file=report_stream(),
         )

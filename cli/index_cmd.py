@@ -22,6 +22,7 @@ from simtool.cli.common import (
     TitleColumn,
     corpus_fields,
     emit,
+    report_stream,
 )
 from simtool.cli.distributed_cmd import GpusPerWorker, RayAddress, Workers, check_ray_flags, ray_options
 from simtool.cli.long_cmd import (
@@ -77,7 +78,7 @@ def _print_manifest(info: dict[str, Any]) -> None:
         lines.append(
             f"size       {info['bytes_on_disk'] / 2**20:.1f} MiB" + ("  (checksums OK)" if info["verified"] else "")
         )
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(lines), file=report_stream())
 
 
 def _backend_line(built: dict[str, Any], check: dict[str, Any]) -> str:
@@ -187,7 +188,7 @@ def index_build(
         emit(info)
     else:
         _print_manifest(info)
-        typer.echo(f"built in {info['seconds']:.1f}s")
+        typer.echo(f"built in {info['seconds']:.1f}s", file=report_stream())
 
 
 @index_app.command("add")
@@ -254,7 +255,8 @@ def index_add(
         else:
             typer.echo(
                 f"added {done['added']} documents on Ray ({done['workers']} workers, {done['parts']} parts); "
-                f"the index holds {count} at generation {done['generation']}"
+                f"the index holds {count} at generation {done['generation']}",
+                file=report_stream(),
             )
         return
     from simtool.backends import backend_info

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,22 @@ def test_console_script_runs_as_installed(index_dir: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.strip() == "simtool: error: -k must be positive, got 0"
+
+
+def test_reserved_stdout_holds_only_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    """While a Ray command runs, a thread that prints to ``sys.stdout`` (as Ray's driver does with raylet
+    notices) reaches stderr, and the --json report stays the only thing on stdout."""
+    from simtool.cli.common import emit, release_stdout, reserve_stdout
+
+    reserve_stdout()
+    try:
+        notice = threading.Thread(target=lambda: print("(raylet) A worker died or was killed"))
+        notice.start()
+        notice.join()
+        emit({"n": 1})
+    finally:
+        release_stdout()
+    out, err = capsys.readouterr()
+    assert out == '{"n": 1}\n' and "(raylet) A worker died" in err
+    print("after")
+    assert capsys.readouterr().out == "after\n"

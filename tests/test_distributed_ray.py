@@ -119,12 +119,6 @@ def test_actors_get_a_concrete_backend_resolved_on_the_driver() -> None:
         encoded_dataset(None, None, None, None, options=RayOptions(), backend="auto")  # type: ignore[arg-type]
 
 
-def _last_json(out: str) -> dict:
-    """The report line: Ray's raylet can print "a worker died" notices of an earlier job to stdout first (a known
-    leak into --json output, see the README's Ray section)."""
-    return json.loads(out.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cli_ray_backend_reaches_the_actors(
@@ -141,7 +135,7 @@ def test_cli_ray_backend_reaches_the_actors(
         capsys, "encode", str(corpus), *common, "-o", str(tmp_path / "ray.npy"), "--ray", "local", "--workers", "2"
     )
     assert code == 0, err
-    assert _last_json(out)["backend"] == "torch-bf16"
+    assert json.loads(out)["backend"] == "torch-bf16"
     single, ray = np.load(tmp_path / "single.npy"), np.load(tmp_path / "ray.npy")
     cos = (single * ray).sum(1) / np.linalg.norm(single, axis=1) / np.linalg.norm(ray, axis=1)
     assert float((1 - cos).max()) <= tolerance("torch-bf16")
@@ -155,13 +149,13 @@ def test_cli_ray_backend_reaches_the_actors(
     code, out, err = run_cli(capsys, "index", "build", str(corpus), "--index-dir", str(index), *common, "--no-gpu",
                              "--ray", "auto", "--workers", "2")  # fmt: skip
     assert code == 0, err
-    assert _last_json(out)["ray"]["backend"] == "torch-bf16"
+    assert json.loads(out)["ray"]["backend"] == "torch-bf16"
     assert Manifest.load(index).backend["name"] == "torch-bf16"
     more = write_jsonl(tmp_path / "more.jsonl", [{"_id": "new-1", "text": "a dog runs"}])
     code, out, err = run_cli(capsys, "index", "add", str(more), "--index-dir", str(index), "--json",
                              "--backend", "torch-bf16", "--ray", "auto", "--workers", "1")  # fmt: skip
     assert code == 0, err
-    assert _last_json(out)["backend"] == "torch-bf16"
+    assert json.loads(out)["backend"] == "torch-bf16"
 
 
 def test_actor_plan_rejects_workers_that_hold_every_cpu() -> None:
