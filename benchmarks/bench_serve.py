@@ -71,10 +71,16 @@ def free_port() -> int:
 
 
 def start_server(
-    model: str | None, batching: bool, max_wait_ms: float, index_dir: Path | None = None, threads: int | None = None
+    model: str | None,
+    batching: bool,
+    max_wait_ms: float,
+    index_dir: Path | None = None,
+    threads: int | None = None,
+    backend: str = "auto",
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "simtool", "serve", "--port", str(port), "--max-wait-ms", str(max_wait_ms)]
+    cmd += ["--backend", backend]
     cmd += ["--index-dir", str(index_dir)] if index_dir else ["--model", model] if model else []
     cmd += [] if batching else ["--no-batching"]
     env = dict(os.environ)
@@ -276,6 +282,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--n", type=int, default=2000, help="sentences")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="the batching server's --max-wait-ms")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        help="the servers' --backend; torch (default) encodes as the fp32 ST competitor does: the ratio is batching's",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--search", action="store_true", help="benchmark /v1/search on a SciFact index instead")
     p.add_argument("--search-clients", type=int, default=16)
@@ -283,7 +294,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch threads of server and in-process (--search)",
+        help="torch threads of the servers and of the in-process competitor",
     )
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "simtool-bench")
     args = p.parse_args()
@@ -296,13 +307,19 @@ def main() -> None:
     texts, source = sentences(args.n)
     log(f"{len(texts)} sentences from {source}; {args.clients} clients, {args.seconds:g} s per run")
     model = load_encoder(args.model, device="cpu")
+    if args.threads:  # the same torch thread count for the servers and the in-process competitor
+        import torch
+
+        torch.set_num_threads(args.threads)
     servers = {
-        "server": start_server(args.model, True, args.max_wait_ms),
-        "unbatched": start_server(args.model, False, args.max_wait_ms),
+        "server": start_server(args.model, True, args.max_wait_ms, threads=args.threads, backend=args.backend),
+        "unbatched": start_server(args.model, False, args.max_wait_ms, threads=args.threads, backend=args.backend),
     }
     try:
         for url in (u for _, u in servers.values()):  # warm-up: first requests pay lazy initialisation
             load(url, texts, 4, 1.0)
+        backend = httpx.get(servers["server"][1] + "/health", timeout=10).json()["backend"]
+        log(f"servers encode with backend {backend}")
         in_process(model, texts[:256])
         rounds: list[dict[str, dict[str, float]]] = []
         methods = ["st", "st1", "server", "unbatched"]
@@ -344,6 +361,7 @@ def main() -> None:
         "sentences": source,
         "clients": args.clients,
         "seconds": args.seconds,
+        "backend": backend,
         "rounds": rounds,
         "median_texts_per_s": {m: med(m, "texts_per_s") for m in methods},
         "median_p50_ms": {m: med(m, "p50_ms") for m in ("server", "unbatched")},
@@ -356,6 +374,7 @@ def main() -> None:
         print(json.dumps(summary))
         return
     t = summary["median_texts_per_s"]
+    print(f"servers' backend: {backend}")
     print(f"in-process ST encode (batch 64): {t['st']:.0f} texts/s; batch 1: {t['st1']:.0f} texts/s")
     for m in ("server", "unbatched"):
         print(
