@@ -180,6 +180,14 @@ def tiny_st(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def encoder(tiny_st: Path) -> Any:
+    """The tiny sentence-transformer, loaded once per test module."""
+    from simtool.encoder import load_encoder
+
+    return load_encoder(tiny_st, device="cpu")
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

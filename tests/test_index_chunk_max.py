@@ -15,7 +15,7 @@ import pytest
 
 from simtool.chunking import token_windows
 from simtool.corpus import Document
-from simtool.encoder import embedding_dim, encode_texts, load_encoder
+from simtool.encoder import embedding_dim, encode_texts
 from simtool.errors import SimtoolError
 from simtool.index import EncodedPart, Index, add_to_index, build_index, encode_parts, index_info, verify_index
 from simtool.manifest import Manifest
@@ -25,11 +25,6 @@ from tests.conftest import WORDS, run_cli, write_jsonl
 QUERIES = ["the red cat sat", "python code runs", "a big bus at night", "rain in the city", "an old tree"]
 CHUNK_TOKENS, CHUNK_OVERLAP = 8, 2
 LONG_TEXT = {"long_text": "chunk-max", "chunk_tokens": CHUNK_TOKENS, "chunk_overlap": CHUNK_OVERLAP}
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_st: Path) -> Any:
-    return load_encoder(tiny_st, device="cpu")
 
 
 def make_docs(ids: list[int], version: int = 0) -> list[Document]:

@@ -16,18 +16,12 @@ import numpy as np
 import pytest
 
 from simtool.corpus import Document
-from simtool.encoder import load_encoder
 from simtool.index import EncodedPart, Index, build_index, live_vectors, verify_index
 from simtool.manifest import Manifest
 from simtool.retriever import Retriever
 from tests.live_writer import docs_and_vectors, expected_states, script, vector
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_st: Path) -> Any:
-    return load_encoder(tiny_st, device="cpu")
 
 
 def _start_index(path: Path, encoder: Any) -> Path:

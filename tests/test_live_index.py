@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simtool.corpus import Document
-from simtool.encoder import load_encoder
 from simtool.errors import IndexDirError, SimtoolError
 from simtool.filters import FilterError, compile_filter, matches, parse_filter
 from simtool.index import EncodedPart, Index, build_index, index_info, merge_plan, verify_index
@@ -24,11 +24,6 @@ from simtool.segments import SegmentInfo
 from tests.conftest import WORDS
 
 QUERIES = ["the red cat sat", "python code runs", "a big bus at night", "rain in the city"]
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_st: Path) -> Any:
-    return load_encoder(tiny_st, device="cpu")
 
 
 def make_docs(ids: list[int], version: int = 0) -> list[Document]:
@@ -244,7 +239,7 @@ def test_files_of_old_generations_live_as_long_as_a_reader_holds_them(tmp_path: 
 def test_one_retriever_is_safe_to_share_across_threads(tmp_path: Path, encoder: Any) -> None:
     idx = _fresh(tmp_path, encoder, make_docs(list(range(50))), "idx")
     index = Index(idx, encoder=encoder)
-    errors: list[BaseException] = []
+    errors: list[str] = []
     stop = threading.Event()
     with Retriever.load(idx, encoder=encoder) as r:
 
@@ -252,9 +247,9 @@ def test_one_retriever_is_safe_to_share_across_threads(tmp_path: Path, encoder: 
             try:
                 while not stop.is_set():
                     for hits in r.search(QUERIES, k=5, filter={"source": "docs"}):
-                        assert all(h.metadata["source"] == "docs" for h in hits)
-            except BaseException as e:
-                errors.append(e)
+                        assert all(h.metadata["source"] == "docs" for h in hits), [h.metadata for h in hits]
+            except BaseException:
+                errors.append(traceback.format_exc())  # the whole stack: a bare exception repr says too little
 
         threads = [threading.Thread(target=search) for _ in range(4)]
         for t in threads:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simtool.encoder import load_encoder
 from simtool.index import EncodedPart, Index, build_index, live_vectors, verify_index
 from simtool.manifest import Manifest
 from simtool.retriever import Retriever
@@ -17,11 +16,6 @@ from simtool.segments import IVFDATA_FILE, SEGMENTS_DIR
 from tests.test_live_index import QUERIES, assert_same_results, make_docs
 
 NLIST = 8
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_st: Path) -> Any:
-    return load_encoder(tiny_st, device="cpu")
 
 
 @pytest.fixture(scope="module")
