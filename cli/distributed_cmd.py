@@ -54,6 +54,7 @@ def encode_on_ray(
     fields: dict[str, str | None],
     json_out: bool,
     backend: str = "auto",
+    long_text: dict[str, Any] | None = None,
 ) -> None:
     """``simtool encode --ray``: the same .npy and ids file as the in-process path, encoded by Ray actors."""
     from simtool.distributed import encode_file_ray
@@ -71,6 +72,7 @@ def encode_on_ray(
         fields=fields,
         progress=not json_out,
         backend=backend,
+        **(long_text or {}),
     )
     seconds = time.perf_counter() - started
     result = {
@@ -78,6 +80,7 @@ def encode_on_ray(
         "ids": done["ids"],
         "n": done["n"],
         "dim": done["dim"],
+        "long_text": (long_text or {}).get("long_text", "truncate"),
         "model": model or "all-MiniLM-L6-v2",
         "ray": address,
         "workers": done["workers"],

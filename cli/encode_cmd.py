@@ -48,11 +48,6 @@ def encode(
     """Encode a corpus file into a float32 .npy matrix plus its ids."""
     check_ray_flags(ray, workers, gpus_per_worker)
     if ray is not None:
-        from simtool.errors import SimtoolError
-
-        if long_text != "truncate":
-            # Ray actors encode whole texts; chunk rows would need the chunk -> id bookkeeping on every worker
-            raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
         columns = {"text": text_column, "id": id_column, "title": title_column}
         encode_on_ray(
             [input],
@@ -67,6 +62,7 @@ def encode(
             fields=columns,
             json_out=json_out,
             backend=backend,
+            long_text={"long_text": long_text, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap},
         )
         return
     from simtool.backends import backend_info

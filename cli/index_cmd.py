@@ -139,9 +139,6 @@ def index_build(
     fields = corpus_fields(text_column, id_column, title_column)
     started = time.perf_counter()
     if ray is not None:
-        if long_text != "truncate":
-            # Ray actors encode whole texts; the chunked modes need the tokenizer's windows on every worker
-            raise SimtoolError(f"--long-text {long_text} is not supported with --ray yet; use --long-text truncate")
         from simtool.distributed.ray_index import build_index_ray
 
         done = build_index_ray(
@@ -158,6 +155,9 @@ def index_build(
             batch_size=batch_size,
             fields=dataclasses.asdict(fields),
             backend=backend,
+            long_text=long_text,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
             **({} if segment_rows is None else {"segment_rows": segment_rows}),
         )
     else:

@@ -351,3 +351,43 @@ def test_ray_build_survives_a_killed_worker(ray_cluster: None, tiny_st: Path, tm
     assert len(ids) == len(set(ids)) == 3000  # each document exactly once
     assert sorted(ids) == sorted(f"f{f}-{i}" for f in range(2) for i in range(1500))
     np.testing.assert_allclose(vectors, live_vectors(tmp_path / "one"), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_chunk_mean_equals_in_process_and_chunk_max_is_refused(
+    ray_cluster: None, tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Windows of 8 tokens: most of these 3-40 word texts have several, so a truncating actor would differ."""
+    from simtool.index import live_vectors
+    from simtool.manifest import Manifest
+
+    paths = [str(p) for p in _corpus(tmp_path, n_files=2, per_file=60)]
+    chunked = ["--model", str(tiny_st), "--long-text", "chunk-mean", "--chunk-tokens", "8", "--chunk-overlap", "2"]
+    encode = ["encode", paths[0], *chunked, "--json"]
+    code, out, err = run_cli(capsys, *encode, "-o", str(tmp_path / "single.npy"))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, *encode, "-o", str(tmp_path / "ray.npy"), "--ray", "auto", "--workers", "2")
+    assert code == 0, err
+    assert json.loads(out)["long_text"] == "chunk-mean"
+    single, ray = np.load(tmp_path / "single.npy"), np.load(tmp_path / "ray.npy")
+    np.testing.assert_allclose(ray, single, atol=1e-6, rtol=0)
+    code, _, err = run_cli(capsys, "encode", paths[0], "--model", str(tiny_st), "-o", str(tmp_path / "t.npy"))
+    assert code == 0, err
+    assert np.abs(np.load(tmp_path / "t.npy") - single).max() > 1e-3  # the windows matter on this corpus
+
+    build = ["index", "build", paths[0], *chunked, "--no-gpu", "--json"]
+    for name, extra in (("one", []), ("ray", ["--ray", "auto", "--workers", "2"])):
+        code, _, err = run_cli(capsys, *build, "--index-dir", str(tmp_path / name), *extra)
+        assert code == 0, err
+        add = ["index", "add", paths[1], "--index-dir", str(tmp_path / name), "--json", *extra]
+        code, _, err = run_cli(capsys, *add)
+        assert code == 0, err
+    assert Manifest.load(tmp_path / "ray").long_text == Manifest.load(tmp_path / "one").long_text != {}
+    np.testing.assert_allclose(live_vectors(tmp_path / "ray"), live_vectors(tmp_path / "one"), atol=1e-6, rtol=0)
+
+    maxed = ["--model", str(tiny_st), "--long-text", "chunk-max", "--ray", "auto", "--json"]
+    code, out, err = run_cli(capsys, "index", "build", paths[0], "--index-dir", str(tmp_path / "max"), *maxed)
+    assert code == 2 and out == "" and not (tmp_path / "max").exists()
+    assert err.startswith("simtool: error: --long-text chunk-max is not supported on Ray yet (")
+    assert err.count("\n") == 1

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from simtool.atomic import atomic_open, atomic_path
+from simtool.chunking import DEFAULT_CHUNK_OVERLAP
 from simtool.corpus import Document, read_documents
 from simtool.errors import CorpusError, SimtoolError
 from simtool.validate import check_batch_size, check_positive
@@ -280,6 +281,7 @@ class EncoderActor:
         threads: int | None = None,
         fingerprint: str | None = None,
         backend: str = "torch",
+        long_text: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -292,13 +294,41 @@ class EncoderActor:
             # a worker whose copy of the model differs (another node, another file) would corrupt an index
             raise SimtoolError(f"model {model} on this Ray worker does not have the index's fingerprint {fingerprint}")
         self.batch_size = batch_size
+        self.long_text = long_text or {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from simtool.chunking import encode_long
         from simtool.encoder import encode_texts
 
         texts = [str(t) for t in batch["encoded_text"]]
-        vectors = encode_texts(self.model, texts, batch_size=self.batch_size)
+        if self.long_text:
+            vectors = encode_long(self.model, texts, batch_size=self.batch_size, **self.long_text)
+        else:
+            vectors = encode_texts(self.model, texts, batch_size=self.batch_size)
         return {**batch, "embedding": vectors}
+
+
+def ray_long_text(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The actors' long-text settings from a manifest-style record (``{}``: truncate; else ``mode``,
+    ``chunk_tokens``, ``chunk_overlap``), as :func:`~simtool.chunking.encode_long` takes them.
+
+    ``chunk-mean`` keeps one vector per document, the row the actors return; ``chunk-max`` gives a varying
+    number per document, which this row-per-document pipeline does not carry yet.
+    """
+    from simtool.chunking import check_mode
+
+    if not record or check_mode(record["mode"]) == "truncate":
+        return {}
+    if record["mode"] == "chunk-max":
+        raise SimtoolError(
+            "long_text='chunk-max' is not supported on Ray yet (a varying number of vectors per document); "
+            "use chunk-mean or truncate, or build without Ray"
+        )
+    return {
+        "mode": record["mode"],
+        "chunk_tokens": record.get("chunk_tokens"),
+        "chunk_overlap": record["chunk_overlap"],
+    }
 
 
 def resolve_backend(model: str | os.PathLike[str] | None, backend: str, options: RayOptions) -> str:
@@ -328,12 +358,13 @@ def encoded_dataset(
     batch_size: int = 64,
     fingerprint: str | None = None,
     backend: str = "torch",
+    long_text: dict[str, Any] | None = None,
 ) -> ray.data.Dataset:
     """``ds`` plus an ``embedding`` column, ``(d,) float32`` per row, from a pool of encoder actors.
 
     ``fingerprint``: every actor checks its model against it (an index's recorded model). ``backend``: a
     concrete encode backend, never ``auto``: resolved once on the driver, so that every node encodes the same
-    way even where their CPUs differ."""
+    way even where their CPUs differ. ``long_text``: a manifest-style record (:func:`ray_long_text`)."""
     if backend == "auto":
         raise SimtoolError("backend: resolve 'auto' on the driver before starting the actors")
     gpus = options.gpus_per_worker
@@ -351,6 +382,7 @@ def encoded_dataset(
             "threads": threads,
             "fingerprint": fingerprint,
             "backend": backend,
+            "long_text": ray_long_text(long_text),
         },
         batch_size=options.batch_size,
         batch_format="numpy",
@@ -372,19 +404,29 @@ def encode_file_ray(
     fields: dict[str, str | None] | None = None,
     progress: bool = True,
     backend: str = "torch",
+    long_text: str = "truncate",
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
 ) -> dict[str, Any]:
     """Encode corpus files on Ray into ``output`` (``.npy``, ``(n, d) float32``) and ``OUT.ids.json``.
 
     The rows come back in file then line order, so the result is the single-process ``encode_file``'s.
-    ``backend``: the actors' encode backend (``auto`` is resolved here, on the driver).
+    ``backend``: the actors' encode backend (``auto`` is resolved here, on the driver). ``long_text``:
+    ``truncate`` or ``chunk-mean`` (:mod:`simtool.chunking`), the window checked here against the model.
     Returns ``{"n", "dim", "ids", "workers", "seconds", "backend"}``. Both files are written atomically.
     """
     from simtool.encoder import ids_path_for, progress_bar
 
     backend = resolve_backend(model, backend, options)
+    record = ray_long_text({"mode": long_text, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap})
+    if record:  # the window's bounds depend on the model: a bad one fails here, not in every actor
+        from simtool.chunking import index_long_text
+        from simtool.encoder import load_encoder
+
+        record = index_long_text(load_encoder(model, pooling, "cpu", max_seq_length), **record)
     ds = corpus_dataset(paths, options, fields)
     encoded = encoded_dataset(
-        ds, model, pooling, max_seq_length, options=options, batch_size=batch_size, backend=backend
+        ds, model, pooling, max_seq_length, options=options, batch_size=batch_size, backend=backend, long_text=record
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from simtool.chunking import DEFAULT_CHUNK_OVERLAP, index_long_text
 from simtool.corpus import Document
-from simtool.distributed.ray_encode import RayOptions, actor_plan, corpus_dataset, encoded_dataset, resolve_backend
+from simtool.distributed.ray_encode import (
+    RayOptions,
+    actor_plan,
+    corpus_dataset,
+    encoded_dataset,
+    ray_long_text,
+    resolve_backend,
+)
 from simtool.errors import SimtoolError
 from simtool.index import EncodedPart, Index, OnDuplicate, build_index, model_info, unique_ids
 from simtool.manifest import ModelInfo
@@ -44,9 +52,10 @@ def encode_parts_ray(
     batch_size: int = 64,
     fields: dict[str, str | None] | None = None,
     backend: str = "torch",
+    long_text: dict[str, Any] | None = None,
 ) -> Iterator[EncodedPart]:
     """The corpus files as parts, in file then line order, encoded by Ray actors holding ``model``
-    through ``backend`` (a concrete name)."""
+    through ``backend`` (a concrete name), long texts as the manifest record ``long_text`` says."""
     from simtool.encoder import POOLINGS
 
     options = options or RayOptions()
@@ -61,6 +70,7 @@ def encode_parts_ray(
         batch_size=batch_size,
         fingerprint=model.fingerprint,
         backend=backend,
+        long_text=long_text,
     )
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         docs = [
@@ -97,21 +107,33 @@ def build_index_ray(
     fields: dict[str, str | None] | None = None,
     segment_rows: int | None = DEFAULT_SEGMENT_ROWS,
     backend: str = "torch",
+    long_text: str = "truncate",
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
 ) -> dict[str, Any]:
     """Encode corpus files on Ray and build a new index from them, which appears whole or not at all.
 
     The driver loads the model once, through ``backend`` (``auto`` is resolved there), for its fingerprint,
     dimension and the manifest's backend record; every actor loads the same backend and checks its copy
-    against that fingerprint. Returns ``{"generation", "added", "parts", "segments", "workers", "backend"}``.
+    against that fingerprint. ``long_text``: ``truncate`` or ``chunk-mean``, recorded in the manifest.
+    Returns ``{"generation", "added", "parts", "segments", "workers", "backend"}``.
     """
     from simtool.encoder import load_encoder
 
     options = options or RayOptions()
+    ray_long_text({"mode": long_text, "chunk_overlap": chunk_overlap})  # refuses chunk-max before any work
     encoder = load_encoder(model, pooling, None, max_seq_length, backend=resolve_backend(model, backend, options))
+    record = index_long_text(encoder, long_text, chunk_tokens, chunk_overlap)
     chosen = encoder_info(encoder).backend
     counter = [0, 0]
     parts = encode_parts_ray(
-        paths, model_info(encoder), options=options, batch_size=batch_size, fields=fields, backend=chosen
+        paths,
+        model_info(encoder),
+        options=options,
+        batch_size=batch_size,
+        fields=fields,
+        backend=chosen,
+        long_text=record,
     )
     manifest = build_index(
         unique_ids(_counted(parts, counter), _files(paths)),
@@ -123,6 +145,9 @@ def build_index_ray(
         memory_budget=memory_budget,
         progress=False,
         segment_rows=segment_rows,
+        long_text=long_text,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
     )
     log.info("built %d documents from %d Ray parts as generation %d", counter[0], counter[1], manifest.generation)
     return {
@@ -155,17 +180,22 @@ def add_to_index_ray(
     """
     options = options or RayOptions()
     index = Index(index_dir, lock_timeout=lock_timeout, backend=backend)
-    if index.manifest.long_text:
-        # the actors encode whole texts; an index built with chunk-mean must get chunk-mean vectors
-        raise SimtoolError(
-            f"{index.directory}: built with long_text {index.manifest.long_text['mode']!r}, not on Ray yet"
-        )
+    try:
+        ray_long_text(index.manifest.long_text)  # the actors encode as the index was built
+    except SimtoolError as e:
+        raise SimtoolError(f"{index.directory}: {e}") from None
     before = {s.name for s in index.manifest.segments}
     counter = [0, 0]
     # the driver's encoder is loaded (and checked against the manifest) only to name the backend the actors use
     chosen = encoder_info(index.encoder()).backend
     parts = encode_parts_ray(
-        paths, index.manifest.model, options=options, batch_size=batch_size, fields=fields, backend=chosen
+        paths,
+        index.manifest.model,
+        options=options,
+        batch_size=batch_size,
+        fields=fields,
+        backend=chosen,
+        long_text=index.manifest.long_text,
     )
     generation = index.append(
         _counted(parts, counter), on_duplicate=on_duplicate, segment_rows=segment_rows, source=_files(paths)
