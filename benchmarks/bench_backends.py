@@ -10,7 +10,8 @@ rotated each round, on the same texts held in memory. Reported per method:
   with each round's ratio;
 * accuracy: STS-B test cosine Spearman ×100 on the pairs encoded, and max ``1 - cos`` against st_fp32.
 
-Texts: the first ``--pairs`` pairs of STS-B test (``<shared data>/stsb``; 1,379 = all, published
+``--passages N`` times the first N SciFact abstracts instead (issue 16's passage row; accuracy is then max
+``1 - cos`` only). Texts: the first ``--pairs`` pairs of STS-B test (``<shared data>/stsb``; 1,379 = all, published
 all-MiniLM-L6-v2 figure 82.03), both sentences of each pair. Batch ``--batch-size`` (64). torch threads:
 torch's default (the cores available); ``OMP_WAIT_POLICY`` as simtool sets it.
 
@@ -70,16 +71,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--model", default=None, help="model (default all-MiniLM-L6-v2)")
     p.add_argument("--backends", default=",".join(["auto", *BACKENDS]), help="comma-separated backends")
+    p.add_argument(
+        "--passages",
+        type=int,
+        default=0,
+        help="instead: the first N SciFact abstracts (title + text, truncated at the model's 256 tokens); no STS score",
+    )
     p.add_argument("--data-dir", type=Path, default=shared_data_dir())
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     if args.pairs < 1 or args.rounds < 1 or args.batch_size < 1:
         p.error("--pairs, --rounds and --batch-size must be positive")
 
-    data = load_sts(args.data_dir / "stsb" / "original", split="test")
-    s1, s2 = data.sentences1[: args.pairs], data.sentences2[: args.pairs]
-    gold = data.scores[: args.pairs]
-    texts = s1 + s2
+    if args.passages:
+        with open(args.data_dir / "beir" / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
+            rows = [json.loads(line) for _, line in zip(range(args.passages), f, strict=False)]
+        texts = [f"{r.get('title') or ''} {r['text']}".strip() for r in rows]
+        s1: list[str] = []
+        described_texts = f"SciFact corpus, first {len(texts)} abstracts (title + text)"
+    else:
+        data = load_sts(args.data_dir / "stsb" / "original", split="test")
+        s1, s2 = data.sentences1[: args.pairs], data.sentences2[: args.pairs]
+        gold = data.scores[: args.pairs]
+        texts = s1 + s2
+        described_texts = f"STS-B test, first {len(s1)} pairs ({len(texts)} sentences)"
     n = len(texts)
     base = load_encoder(args.model, device="cpu", backend="torch")
     outputs: dict[str, np.ndarray] = {}
@@ -121,22 +136,22 @@ def main(argv: list[str] | None = None) -> None:
     for name in methods:
         per_round = [a / b for a, b in zip(runs[name], runs["st_fp32"], strict=True)]
         vec = outputs[name]
-        spearman = sts_scores(vec[: len(s1)], vec[len(s1) :], gold)["cosine_spearman"]
+        spearman = sts_scores(vec[: len(s1)], vec[len(s1) :], gold)["cosine_spearman"] if s1 else None
         results[name] = {
             "backend": described.get(name, {"name": "sentence-transformers fp32"})["name"],
             "texts_per_second": round(statistics.median(runs[name]), 1),
             "runs_texts_per_second": [round(x, 1) for x in runs[name]],
             "ratio_vs_st_fp32": round(statistics.median(per_round), 3),
             "ratios_per_round": [round(x, 3) for x in per_round],
-            "sts_spearman": round(spearman, 3),
+            "sts_spearman": None if spearman is None else round(spearman, 3),
             "max_one_minus_cos_vs_st_fp32": one_minus_cos(vec, ref),
         }
     base_spearman = results["st_fp32"]["sts_spearman"]
     for res in results.values():
-        res["sts_delta"] = round(res["sts_spearman"] - base_spearman, 3)
+        res["sts_delta"] = None if base_spearman is None else round(res["sts_spearman"] - base_spearman, 3)
     report: dict[str, Any] = {
         "benchmark": "backends",
-        "texts": f"STS-B test, first {len(s1)} pairs ({n} sentences)",
+        "texts": described_texts,
         "model": encoder_info(base).source,
         "batch_size": args.batch_size,
         "rounds": args.rounds,
@@ -154,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         rounds = ", ".join(f"{x:.2f}" for x in res["ratios_per_round"])
         print(
             f"{name:<16} {res['texts_per_second']:>8.0f} {res['ratio_vs_st_fp32']:>9.2f}  {rounds:<22} "
-            f"{res['sts_spearman']:>7.2f} {res['sts_delta']:>+7.2f} {res['max_one_minus_cos_vs_st_fp32']:>9.1e}"
+            + (f"{res['sts_spearman']:>7.2f} {res['sts_delta']:>+7.2f} " if s1 else f"{'-':>7} {'-':>7} ")
+            + f"{res['max_one_minus_cos_vs_st_fp32']:>9.1e}"
         )
 
 
