@@ -101,23 +101,23 @@ def test_index_build_chunk_mean_is_recorded_and_reused_by_add(
     assert index_info(index_dir)["long_text"] == spec
 
 
-def test_chunked_index_on_ray_is_one_line_before_any_cluster(
+def test_chunk_max_index_on_ray_is_one_line_before_any_cluster(
     tiny_st: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corpus, _ = _corpus(tmp_path)
     index_dir = tmp_path / "idx"
     base = ["--index-dir", str(index_dir)]
     code, _, err = run_cli(
-        capsys, "index", "build", str(corpus), *base, "--model", str(tiny_st), "--long-text", "chunk-mean",
+        capsys, "index", "build", str(corpus), *base, "--model", str(tiny_st), "--long-text", "chunk-max",
         "--ray", "local",
     )  # fmt: skip
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--ray" in err and not index_dir.exists()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "on Ray yet" in err and not index_dir.exists()
     code, _, err = run_cli(
-        capsys, "index", "build", str(corpus), *base, "--model", str(tiny_st), "--long-text", "chunk-mean",
+        capsys, "index", "build", str(corpus), *base, "--model", str(tiny_st), "--long-text", "chunk-max",
     )  # fmt: skip
     assert code == 0, err
     generation = json.loads((index_dir / "manifest.json").read_text())["generation"]
     more = write_jsonl(tmp_path / "more.jsonl", [{"_id": "d9", "text": "one more"}])
     code, _, err = run_cli(capsys, "index", "add", str(more), *base, "--ray", "local")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "chunk-mean" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "chunk-max" in err
     assert json.loads((index_dir / "manifest.json").read_text())["generation"] == generation
