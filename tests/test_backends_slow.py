@@ -48,7 +48,7 @@ def test_fp32_export_is_exact_under_a_zero_drop_guard(tiny_st: Path, tmp_path: P
 
 @pytest.mark.timeout(300)
 def test_int8_export_of_the_default_model_keeps_sts_accuracy(tmp_path: Path) -> None:
-    """all-MiniLM-L6-v2, built-in calibration: mean cos to fp32 >= 0.99 and STS-sample Spearman within 0.5 point.
+    """all-MiniLM-L6-v2, built-in calibration: mean cos to fp32 >= 0.99; STS-sample Spearman at most 0.5 below fp32.
 
     The Spearman reference is scipy's, on sentence-transformers' own fp32 vectors, not the guard's code.
     """
@@ -72,5 +72,10 @@ def test_int8_export_of_the_default_model_keeps_sts_accuracy(tmp_path: Path) -> 
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         return float(spearmanr(gold, cos).statistic * 100)
 
-    assert abs(score(got) - score(ref)) <= 0.5
+    # The guard's contract is one-sided (a drop past max_drop refuses the export), and its figures must be
+    # scipy's. A rise is not refused: with openvino 2026.4 / nncf 3.4 the export scores 1.49 points *above*
+    # fp32 on these 48 pairs (vectors within the tolerance above), which a two-sided 0.5 bound called a failure.
+    assert score(ref) - score(got) <= 0.5
+    assert record["guard"]["spearman"] == pytest.approx(score(got), abs=1e-3)
+    assert record["guard"]["spearman_fp32"] == pytest.approx(score(ref), abs=1e-3)
     assert record["guard"]["spearman_fp32"] == pytest.approx(score(ref), abs=1e-3)
