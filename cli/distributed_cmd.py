@@ -53,8 +53,10 @@ def encode_on_ray(
     max_seq_length: int | None,
     fields: dict[str, str | None],
     json_out: bool,
-    backend: str = "auto",
-    long_text: dict[str, Any] | None = None,
+    backend: str,
+    long_text: str,
+    chunk_tokens: int | None,
+    chunk_overlap: int,
 ) -> None:
     """``simtool encode --ray``: the same .npy and ids file as the in-process path, encoded by Ray actors."""
     from simtool.distributed import encode_file_ray
@@ -72,7 +74,9 @@ def encode_on_ray(
         fields=fields,
         progress=not json_out,
         backend=backend,
-        **(long_text or {}),
+        long_text=long_text,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
     )
     seconds = time.perf_counter() - started
     result = {
@@ -80,7 +84,7 @@ def encode_on_ray(
         "ids": done["ids"],
         "n": done["n"],
         "dim": done["dim"],
-        "long_text": (long_text or {}).get("long_text", "truncate"),
+        "long_text": long_text,
         "model": model or "all-MiniLM-L6-v2",
         "ray": address,
         "workers": done["workers"],

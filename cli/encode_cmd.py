@@ -62,7 +62,9 @@ def encode(
             fields=columns,
             json_out=json_out,
             backend=backend,
-            long_text={"long_text": long_text, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap},
+            long_text=long_text,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
         )
         return
     from simtool.backends import backend_info
