@@ -36,6 +36,7 @@ def search(
 ) -> None:
     """Search an index; with --json one object per query, one per line."""
     from simtool.corpus import read_queries
+    from simtool.protocols import encoder_info
     from simtool.retriever import Retriever, search_json
 
     if (query is None) == (queries is None):
@@ -66,8 +67,11 @@ def search(
         for start in range(0, len(batch), 1024):
             chunk = batch[start : start + 1024]
             results.extend(retriever.search([text for _, text in chunk], k, filter=filter_))
+        info = encoder_info(retriever.encoder)
+    # Which backend encoded the queries: `auto` resolves per machine, and a user comparing runs needs to know.
+    used = {"name": info.backend, "precision": info.precision}
     for (qid, text), hits in zip(batch, results, strict=True):
         if json_out:
-            emit(search_json(text, hits, qid))
+            emit(search_json(text, hits, qid, backend=used))
         else:
             print_hits(text, hits)

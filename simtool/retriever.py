@@ -61,9 +61,16 @@ class Hit:
         }
 
 
-def search_json(query: str, hits: Sequence[Hit], query_id: str | None = None) -> dict[str, Any]:
-    """The JSON object of one query's results: what ``simtool search --json`` prints and ``/v1/search`` returns."""
+def search_json(
+    query: str, hits: Sequence[Hit], query_id: str | None = None, backend: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON object of one query's results: what ``simtool search --json`` prints and ``/v1/search`` returns.
+
+    ``backend``: the query encoder's ``{"name", "precision"}``, when the caller reports it (the CLI does).
+    """
     obj: dict[str, Any] = {"query": query, "results": [h.to_json() for h in hits]}
+    if backend is not None:
+        obj["backend"] = backend
     return obj if query_id is None else {"query_id": query_id, **obj}
 
 

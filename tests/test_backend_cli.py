@@ -100,6 +100,7 @@ def test_search_backend_encodes_the_queries_and_warns_once_within_tolerance(
     assert code == 0, err
     assert err.count(f"built with backend '{BF16}'; encoding with 'torch'") == 1  # once, not per query
     lines = [json.loads(line) for line in out.splitlines()]
+    assert [r["backend"] for r in lines] == [{"name": "torch", "precision": "float32"}] * 3
     # the scores are fp32 queries against the stored bf16 documents (bf16 queries would score differently)
     stored = np.load(segment_file(index, "vectors.npy"))
     want = (_encode(tiny_st, "torch", queries) @ stored.T).max(axis=1)

@@ -39,7 +39,7 @@ def test_build_info_search_json(index_dir: Path, capsys: pytest.CaptureFixture[s
     assert code == 0, err
     (line,) = out.splitlines()
     obj = json.loads(line)
-    assert set(obj) == {"query", "results"} and len(obj["results"]) == 3
+    assert set(obj) == {"query", "results", "backend"} and len(obj["results"]) == 3
     top = obj["results"][0]
     assert set(top) == {"rank", "id", "score", "distance", "title", "text", "metadata"}
     assert (top["rank"], top["id"], top["title"], top["text"]) == (1, first["_id"], first["title"], first["text"])
